@@ -1,0 +1,3 @@
+from noisyseg.train import main
+
+main()

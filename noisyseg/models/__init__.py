@@ -1,0 +1,11 @@
+"""Segmentation models, found by name in :data:`MODELS`."""
+from noisyseg.models.registry import MODELS
+from noisyseg.models.unet import UNet
+
+
+def build_model(name: str, **kwargs) -> "torch.nn.Module":  # noqa: F821
+    """Build a registered model by name with its keyword arguments."""
+    return MODELS.build(name, **kwargs)
+
+
+__all__ = ["MODELS", "UNet", "build_model"]

@@ -1,0 +1,60 @@
+"""Run logging: one CSV row per epoch, TensorBoard scalars and image grids."""
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from noisyseg.data.dataset import MEAN, STD
+
+
+class RunLog:
+    """Appends epoch rows to ``metrics.csv`` and writes TensorBoard events under ``tb/``."""
+
+    def __init__(self, run_dir: Path, tensorboard: bool = True) -> None:
+        self.csv_path = run_dir / "metrics.csv"
+        self.writer = None
+        if tensorboard:
+            from torch.utils.tensorboard import SummaryWriter  # imported lazily: it is slow to import
+
+            self.writer = SummaryWriter(str(run_dir / "tb"))
+
+    def epoch(self, row: dict[str, float], step: int) -> None:
+        new = not self.csv_path.exists()
+        with open(self.csv_path, "a", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(row))
+            if new:
+                writer.writeheader()
+            writer.writerow(row)
+        for key, value in row.items():
+            if self.writer and key not in ("epoch", "step"):
+                self.writer.add_scalar(key.replace("_", "/", 1), value, step)
+
+    def images(self, tag: str, grid: np.ndarray, step: int) -> None:
+        """``grid``: uint8 ``[H, W, 3]``."""
+        if self.writer:
+            self.writer.add_image(tag, grid, step, dataformats="HWC")
+
+    def close(self) -> None:
+        if self.writer:
+            self.writer.close()
+
+
+def denormalise(images: torch.Tensor) -> np.ndarray:
+    """Normalised ``[B, 3, H, W]`` -> uint8 ``[B, H, W, 3]``."""
+    array = images.detach().cpu().float().numpy().transpose(0, 2, 3, 1) * STD + MEAN
+    return (np.clip(array, 0, 1) * 255).astype(np.uint8)
+
+
+def image_grid(columns: list[np.ndarray]) -> np.ndarray:
+    """Rows of samples, one column per item: each column is uint8 ``[B, H, W, 3]`` or float
+    ``[B, H, W]`` in [0, 1] (masks, probabilities, weight maps; shown in grey)."""
+    tiles = []
+    for column in columns:
+        if column.ndim == 3:
+            column = np.repeat((np.clip(column, 0, 1) * 255).astype(np.uint8)[..., None], 3, axis=-1)
+        tiles.append(column)
+    rows = [np.concatenate([np.pad(t[i], ((1, 1), (1, 1), (0, 0))) for t in tiles], axis=1) for i in range(len(tiles[0]))]
+    return np.concatenate(rows, axis=0)

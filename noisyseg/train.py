@@ -1,0 +1,191 @@
+"""``python -m noisyseg.train``: a thin Hydra entry point around :func:`train`.
+
+Everything below :func:`main` is plain Python: ``train(cfg)`` takes a config (an OmegaConf
+``DictConfig`` or a dict) and returns the results dict that it also writes to ``results.json``.
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from noisyseg.checkpoint import load_checkpoint, save_checkpoint, write_json
+from noisyseg.data.cache import load_arrays
+from noisyseg.data.dataset import SegmentationDataset
+from noisyseg.data.sources import build_source
+from noisyseg.data.splits import load_manifest, make_splits, save_manifest
+from noisyseg.data.transforms import build_transform
+from noisyseg.engine import Trainer, evaluate, resolve_device
+from noisyseg.errors import ConfigError, DataError, NoisysegError
+from noisyseg.losses import build_loss
+from noisyseg.methods import build_method
+from noisyseg.metrics import per_image_scores
+from noisyseg.models import build_model
+from noisyseg.optim import build_optimizer
+from noisyseg.runlog import RunLog, denormalise, image_grid
+
+CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "conf")
+CHECKPOINT_FORMAT = 1
+
+
+def _kwargs(node: DictConfig, drop: tuple[str, ...] = ("name",)) -> dict[str, Any]:
+    return {k: v for k, v in OmegaConf.to_container(node, resolve=True, throw_on_missing=True).items() if k not in drop}
+
+
+def load_splits(cfg: DictConfig, run_dir: Path) -> tuple[Any, dict[str, dict[str, np.ndarray]]]:
+    """Build the data source, split it (or reuse a manifest) and decode every split (cached)."""
+    source = build_source(cfg.data.name, **_kwargs(cfg.data.params, drop=()))
+    if cfg.data.splits_file:
+        splits = load_manifest(cfg.data.splits_file, source.ids)
+    else:
+        splits = make_splits(source.ids, cfg.seed, **_kwargs(cfg.data.split, drop=()), official=source.official)
+    save_manifest(run_dir / "splits.json", splits)
+    arrays = {
+        name: load_arrays(source, ids, cfg.data.size, cfg.cache_dir, split=name)
+        for name, ids in splits.items()
+    }
+    return source, arrays
+
+
+def _stream_dataset(arrays: dict[str, dict[str, np.ndarray]], splits: tuple[str, ...], transform) -> SegmentationDataset:
+    parts = [arrays[s] for s in splits]
+    images = np.concatenate([p["images"] for p in parts])
+    true = np.concatenate([p["masks"] for p in parts])
+    target = np.concatenate([p.get("noisy_masks", p["masks"]) for p in parts])  # what the learner sees
+    return SegmentationDataset(images, {"mask": target, "true_mask": true}, transform)
+
+
+def build_streams(cfg: DictConfig, method, arrays) -> dict[str, SegmentationDataset]:
+    transform = build_transform(OmegaConf.to_container(cfg.data.augment, resolve=True))
+    streams = {}
+    for name, splits in method.streams.items():
+        if sum(len(arrays[s]["images"]) for s in splits) == 0:
+            raise DataError(f"method={cfg.method.name} trains on the {'+'.join(splits)} split(s), which are empty; check data.split")
+        streams[name] = _stream_dataset(arrays, splits, transform)
+    return streams
+
+
+def _check_resume(cfg: DictConfig, saved: dict) -> None:
+    current = OmegaConf.to_container(cfg, resolve=True)
+    current.pop("resume", None)
+    saved = dict(saved)
+    saved.pop("resume", None)
+    differ = sorted(_diff_keys(current, saved))
+    if differ:
+        raise ConfigError(f"cannot resume: the configuration differs from the checkpoint's in {', '.join(differ)}")
+
+
+def _diff_keys(a: Any, b: Any, prefix: str = "") -> list[str]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        return [k for key in a.keys() | b.keys() for k in _diff_keys(a.get(key), b.get(key), f"{prefix}{key}.")]
+    return [] if a == b else [prefix.rstrip(".")]
+
+
+def _preview(model, dataset: SegmentationDataset, masks: np.ndarray, probs: np.ndarray, count: int = 6) -> np.ndarray:
+    images = denormalise(torch.stack([dataset[i]["image"] for i in range(count)]))
+    return image_grid([images, masks[:count].astype(np.float32), probs[:count]])
+
+
+def train(cfg: DictConfig | dict, run_dir: str | Path | None = None) -> dict[str, Any]:
+    """Train and test one model as configured; write everything to ``run_dir``; return the results."""
+    cfg = cfg if isinstance(cfg, DictConfig) else OmegaConf.create(cfg)
+    run_dir = Path(cfg.resume or run_dir or "runs/latest")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    device = resolve_device(cfg.device)
+    torch.manual_seed(cfg.seed)  # model initialisation
+
+    _, arrays = load_splits(cfg, run_dir)
+    loss = build_loss(cfg.loss.name, **_kwargs(cfg.loss))
+    method = build_method(cfg.method.name, loss, **_kwargs(cfg.method))
+    streams = build_streams(cfg, method, arrays)
+    evalsets = {s: SegmentationDataset(arrays[s]["images"], {"mask": arrays[s]["masks"]}) for s in ("val", "test")}
+    model = build_model(cfg.model.name, **_kwargs(cfg.model)).to(device)
+    total_steps = cfg.trainer.epochs * cfg.trainer.steps_per_epoch
+    optimizer, scheduler = build_optimizer(model.parameters(), total_steps, **_kwargs(cfg.optim))
+    trainer = Trainer(model, method, streams, optimizer, scheduler, device, cfg.seed, cfg.trainer.batch_size,
+                      cfg.trainer.steps_per_epoch, cfg.trainer.num_workers, cfg.trainer.grad_clip, cfg.trainer.progress)
+
+    start_epoch, best, history = 0, {"dice": -1.0, "epoch": -1}, []
+    if cfg.resume:
+        state = load_checkpoint(run_dir / "last.pt", device)
+        _check_resume(cfg, state["config"])
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        method.load_state_dict(state["method"])
+        trainer.counters.update(state["counters"])
+        start_epoch, best, history = state["epoch"] + 1, state["best"], state["history"]
+
+    log = RunLog(run_dir, cfg.trainer.tensorboard)
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    try:
+        for epoch in range(start_epoch, cfg.trainer.epochs):
+            logs = trainer.train_epoch(epoch)
+            val, probs = evaluate(model, evalsets["val"], arrays["val"]["masks"], cfg.trainer.eval_batch_size, device)
+            row = {"epoch": epoch, "step": trainer.counters["steps"], "lr": optimizer.param_groups[0]["lr"],
+                   **{f"train_{k}": v for k, v in logs.items()}, **{f"val_{k}": v for k, v in val.items()}}
+            history.append(row)
+            log.epoch(row, trainer.counters["steps"])
+            log.images("val/image_truth_prediction", _preview(model, evalsets["val"], arrays["val"]["masks"], probs), epoch)
+            if val["dice"] > best["dice"]:
+                best = {"dice": val["dice"], "epoch": epoch, "val": val}
+                save_checkpoint(run_dir / "best.pt", {"model": model.state_dict(), "epoch": epoch, "config": resolved})
+            save_checkpoint(run_dir / "last.pt", {
+                "format": CHECKPOINT_FORMAT, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(), "method": method.state_dict(), "counters": dict(trainer.counters),
+                "epoch": epoch, "best": best, "history": history, "config": resolved,
+            })
+    finally:
+        log.close()
+
+    model.load_state_dict(load_checkpoint(run_dir / "best.pt", device)["model"])
+    test, test_probs = evaluate(model, evalsets["test"], arrays["test"]["masks"], cfg.trainer.eval_batch_size, device)
+    _write_per_image(run_dir / "test_per_image.csv", test_probs >= 0.5, arrays["test"]["masks"] > 0)
+    results = {
+        "test": test, "val": best["val"], "best_epoch": best["epoch"], "epochs": cfg.trainer.epochs,
+        "steps": trainer.counters["steps"], "skipped_steps": trainer.counters["skipped"],
+        "split_sizes": {name: len(a["images"]) for name, a in arrays.items()},
+        "device": str(device), "config": resolved,
+    }
+    write_json(run_dir / "results.json", results)
+    return results
+
+
+def _write_per_image(path: Path, pred: np.ndarray, target: np.ndarray) -> None:
+    scores = per_image_scores(pred, target)
+    lines = ["index," + ",".join(scores)]
+    lines += [f"{i}," + ",".join(f"{scores[k][i]:.6f}" for k in scores) for i in range(len(pred))]
+    path.write_text("\n".join(lines) + "\n")
+
+
+def _run_dir(resume: str | None, default: str) -> str:
+    return resume or default
+
+
+OmegaConf.register_new_resolver("noisyseg_run_dir", _run_dir, replace=True)
+
+
+def main() -> None:
+    import hydra
+    from hydra.core.hydra_config import HydraConfig
+
+    @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
+    def _main(cfg: DictConfig) -> None:
+        try:
+            results = train(cfg, HydraConfig.get().runtime.output_dir)
+        except (NoisysegError, OmegaConfBaseException) as err:
+            print(f"error: {err}", file=sys.stderr)
+            sys.exit(2)
+        print(json.dumps({"run_dir": HydraConfig.get().runtime.output_dir, "test": results["test"]}, indent=2))
+
+    _main()
+
+
+if __name__ == "__main__":
+    main()

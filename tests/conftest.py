@@ -1,0 +1,62 @@
+"""Shared fixtures: tiny on-disk datasets in every supported layout, built per test."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+def write_pair(image_path: Path, mask_path: Path, seed: int, size: tuple[int, int] = (40, 30)) -> np.ndarray:
+    """Write a random RGB image and a {0, 255} mask; return the {0, 1} mask."""
+    rng = np.random.default_rng(seed)
+    width, height = size
+    image = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
+    mask = np.zeros((height, width), np.uint8)
+    mask[height // 4: height // 4 + 5 + seed % 7, width // 3: width // 3 + 6 + seed % 5] = 1
+    image_path.parent.mkdir(parents=True, exist_ok=True)
+    mask_path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(image).save(image_path)
+    Image.fromarray(mask * 255).save(mask_path)
+    return mask
+
+
+@pytest.fixture
+def folder_root(tmp_path: Path) -> Path:
+    for i in range(6):
+        write_pair(tmp_path / "images" / f"case{i}.png", tmp_path / "masks" / f"case{i}_mask.png", i)
+    return tmp_path
+
+
+@pytest.fixture
+def isic_root(tmp_path: Path) -> Path:
+    """ISIC 2017 layout with training, validation and test folders (and superpixel decoys)."""
+    for split, folder, ids in (("Training", "Training", range(0, 8)), ("Validation", "Validation", range(8, 10)),
+                               ("Test_v2", "Test_v2", range(10, 13))):
+        for i in ids:
+            sid = f"ISIC_{i:07d}"
+            write_pair(tmp_path / f"ISIC-2017_{folder}_Data" / f"{sid}.jpg",
+                       tmp_path / f"ISIC-2017_{folder}_Part1_GroundTruth" / f"{sid}_segmentation.png", i)
+            if split == "Training":
+                Image.new("RGB", (40, 30)).save(tmp_path / f"ISIC-2017_{folder}_Data" / f"{sid}_superpixels.png")
+    return tmp_path
+
+
+@pytest.fixture
+def ph2_tree(tmp_path: Path) -> Path:
+    """The original PH2 distribution tree (BMP files)."""
+    base = tmp_path / "PH2Dataset" / "PH2 Dataset images"
+    for i in (2, 3, 4, 6):
+        sid = f"IMD{i:03d}"
+        write_pair(base / sid / f"{sid}_Dermoscopic_Image" / f"{sid}.bmp", base / sid / f"{sid}_lesion" / f"{sid}_lesion.bmp", i)
+    return tmp_path
+
+
+def shared_or_skip(name: str) -> Path:
+    path = SHARED / name
+    if not path.is_dir():
+        pytest.skip(f"{path} is absent (real data samples live in ../shared/data)")
+    return path

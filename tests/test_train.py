@@ -1,0 +1,97 @@
+"""End-to-end training: Hydra entry point, results, resume, bad configuration."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+
+from noisyseg.engine import Trainer
+from noisyseg.errors import ConfigError, DataError
+from noisyseg.metrics import METRIC_KEYS
+from noisyseg.train import CONFIG_DIR, train
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def config(*overrides: str):
+    with initialize_config_dir(CONFIG_DIR, version_base="1.3"):
+        return compose("train", overrides=["debug=fast", "data.params.count=80", *overrides])
+
+
+def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run([sys.executable, "-m", "noisyseg.train", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_cli_run_writes_results(tmp_path):
+    out = tmp_path / "run"
+    proc = run_cli("debug=fast", "data.params.count=80", "method=clean", "loss=dice", f"hydra.run.dir={out}", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    results = json.loads((out / "results.json").read_text())
+    assert set(results["test"]) == set(METRIC_KEYS)
+    assert results["config"]["method"]["name"] == "clean" and results["config"]["loss"]["name"] == "dice"
+    assert (out / "splits.json").exists() and (out / "metrics.csv").read_text().count("\n") == 3
+    assert (out / "best.pt").exists() and (out / ".hydra" / "config.yaml").exists()
+
+
+@pytest.mark.parametrize("override, message", [
+    ("model=resnet", "Could not find 'model/resnet'"),
+    ("data.split.clean=1000", "data.split.clean=1000 asks for"),
+    ("data=folder", "full_key: data.params.root"),
+])
+def test_cli_bad_input_fails_cleanly(tmp_path, override, message):
+    out = tmp_path / "run"
+    proc = run_cli("debug=fast", override, f"hydra.run.dir={out}", cwd=tmp_path)
+    assert proc.returncode != 0
+    assert message in proc.stderr
+    assert not (out / "results.json").exists()
+
+
+def test_method_seam_and_splits_reuse(tmp_path):
+    first = train(config("method=balanced"), tmp_path / "a")
+    second = train(config("method=noisy_only", f"data.splits_file={tmp_path / 'a' / 'splits.json'}", "seed=9"), tmp_path / "b")
+    assert first["split_sizes"] == second["split_sizes"]
+    assert json.loads((tmp_path / "a" / "splits.json").read_text()) == json.loads((tmp_path / "b" / "splits.json").read_text())
+
+
+def test_resume_equals_uninterrupted(tmp_path, monkeypatch):
+    cfg = config("trainer.epochs=3", "model.dropout=0.3")
+    straight = train(cfg, tmp_path / "straight")
+
+    original = Trainer.train_epoch
+
+    def crash_on_epoch_2(self, epoch):
+        if epoch == 2:
+            raise KeyboardInterrupt
+        return original(self, epoch)
+
+    monkeypatch.setattr(Trainer, "train_epoch", crash_on_epoch_2)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, tmp_path / "resumed")
+    assert not (tmp_path / "resumed" / "results.json").exists()
+    monkeypatch.setattr(Trainer, "train_epoch", original)
+    cfg.resume = str(tmp_path / "resumed")
+    resumed = train(cfg)
+    assert resumed["test"] == straight["test"]
+    a = torch.load(tmp_path / "straight" / "last.pt", weights_only=True)["model"]
+    b = torch.load(tmp_path / "resumed" / "last.pt", weights_only=True)["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_resume_with_different_config_is_refused(tmp_path):
+    train(config(), tmp_path / "run")
+    cfg = config("optim.lr=0.1", f"resume={tmp_path / 'run'}")
+    with pytest.raises(ConfigError, match="differs from the checkpoint's in optim.lr"):
+        train(cfg)
+
+
+def test_method_needing_empty_split(tmp_path):
+    with pytest.raises(DataError, match="method=clean trains on the clean split"):
+        train(config("method=clean", "data.split.clean=0"), tmp_path)
