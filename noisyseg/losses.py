@@ -71,6 +71,38 @@ class BCEDiceLoss(PixelLoss):
         return self.bce_weight * self._bce.per_pixel(logits, target) + self.dice_weight * self._dice.per_pixel(logits, target)
 
 
+@LOSSES.register("gce")
+class GeneralizedCELoss(PixelLoss):
+    """Generalized cross-entropy (Zhang & Sabuncu, NeurIPS 2018): ``(1 - p_t**q) / q`` with p_t the
+    probability of the given label. q -> 0 is BCE, q = 1 is MAE; in between it is robust to label
+    noise while still training fast."""
+
+    def __init__(self, q: float = 0.7) -> None:
+        if not 0 < q <= 1:
+            raise ValueError(f"loss.q={q} must be in (0, 1]")
+        self.q = q
+
+    def per_pixel(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        # log p_t from logits, stable for large |logits|: log sigmoid(+-logits)
+        log_pt = F.logsigmoid(torch.where(target > 0.5, logits, -logits))
+        return (1 - torch.exp(self.q * log_pt)) / self.q
+
+
+@LOSSES.register("bootstrap")
+class BootstrappedBCELoss(PixelLoss):
+    """Soft bootstrapping (Reed et al., ICLR 2015 workshop): BCE against ``beta * label + (1 - beta)
+    * prediction``, so the model's own (detached) belief tempers labels it disagrees with."""
+
+    def __init__(self, beta: float = 0.8) -> None:
+        if not 0 <= beta <= 1:
+            raise ValueError(f"loss.beta={beta} must be in [0, 1]")
+        self.beta = beta
+
+    def per_pixel(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        soft = self.beta * target + (1 - self.beta) * torch.sigmoid(logits).detach()
+        return F.binary_cross_entropy_with_logits(logits, soft, reduction="none")
+
+
 def build_loss(name: str, **kwargs) -> PixelLoss:
     """Build a registered loss by name with its keyword arguments."""
     return LOSSES.build(name, **kwargs)

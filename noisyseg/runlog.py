@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+import os
 from pathlib import Path
 
 import numpy as np
@@ -21,14 +22,16 @@ class RunLog:
 
             self.writer = SummaryWriter(str(run_dir / "tb"))
 
-    def epoch(self, row: dict[str, float], step: int) -> None:
-        new = not self.csv_path.exists()
-        with open(self.csv_path, "a", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=list(row))
-            if new:
-                writer.writeheader()
-            writer.writerow(row)
-        for key, value in row.items():
+    def epoch(self, history: list[dict[str, float]], step: int) -> None:
+        """Rewrite ``metrics.csv`` from the whole history (so a resumed run never repeats a row)
+        and add the newest row to TensorBoard."""
+        tmp = self.csv_path.with_suffix(".csv.tmp")
+        with open(tmp, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(dict.fromkeys(k for row in history for k in row)))
+            writer.writeheader()
+            writer.writerows(history)
+        os.replace(tmp, self.csv_path)
+        for key, value in history[-1].items():
             if self.writer and key not in ("epoch", "step"):
                 self.writer.add_scalar(key.replace("_", "/", 1), value, step)
 

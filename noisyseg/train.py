@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -27,6 +28,7 @@ from noisyseg.losses import build_loss
 from noisyseg.methods import build_method
 from noisyseg.metrics import per_image_scores
 from noisyseg.models import build_model
+from noisyseg.noise import MaskNoise, realised_dice
 from noisyseg.optim import build_optimizer
 from noisyseg.runlog import RunLog, denormalise, image_grid
 
@@ -46,11 +48,26 @@ def load_splits(cfg: DictConfig, run_dir: Path) -> tuple[Any, dict[str, dict[str
     else:
         splits = make_splits(source.ids, cfg.seed, **_kwargs(cfg.data.split, drop=()), official=source.official)
     save_manifest(run_dir / "splits.json", splits)
+    noise = build_noise(cfg.noise)
     arrays = {
-        name: load_arrays(source, ids, cfg.data.size, cfg.cache_dir, split=name)
+        name: load_arrays(source, ids, cfg.data.size, cfg.cache_dir, noise=noise if name == "noisy" else None, split=name)
         for name, ids in splits.items()
     }
     return source, arrays
+
+
+def build_noise(node: DictConfig) -> MaskNoise | None:
+    """The annotation-noise model applied to the noisy split (None for ``noise=none``)."""
+    if node.kind == "none":
+        return None
+    return MaskNoise(node.kind, node.level, node.fraction, node.seed)
+
+
+def noise_report(cfg: DictConfig, arrays: dict[str, dict[str, np.ndarray]]) -> dict[str, Any]:
+    """The configured noise and the realised noise: mean Dice(noisy, clean) over the noisy split."""
+    noisy = arrays["noisy"]
+    realised = realised_dice(noisy["noisy_masks"], noisy["masks"]) if "noisy_masks" in noisy and len(noisy["masks"]) else 1.0
+    return {**_kwargs(cfg.noise, drop=()), "realised_dice": realised}
 
 
 def _stream_dataset(arrays: dict[str, dict[str, np.ndarray]], splits: tuple[str, ...], transform) -> SegmentationDataset:
@@ -73,9 +90,10 @@ def build_streams(cfg: DictConfig, method, arrays) -> dict[str, SegmentationData
 
 def _check_resume(cfg: DictConfig, saved: dict) -> None:
     current = OmegaConf.to_container(cfg, resolve=True)
-    current.pop("resume", None)
     saved = dict(saved)
-    saved.pop("resume", None)
+    for key in ("resume", "reuse"):
+        current.pop(key, None)
+        saved.pop(key, None)
     differ = sorted(_diff_keys(current, saved))
     if differ:
         raise ConfigError(f"cannot resume: the configuration differs from the checkpoint's in {', '.join(differ)}")
@@ -92,10 +110,34 @@ def _preview(model, dataset: SegmentationDataset, masks: np.ndarray, probs: np.n
     return image_grid([images, masks[:count].astype(np.float32), probs[:count]])
 
 
+def _weight_grid(last: dict[str, torch.Tensor], count: int = 6) -> np.ndarray:
+    """image | noisy mask | weight map (scaled to its max) | true mask, for a few noisy images."""
+    weights = last["weights"][:count, 0].float()
+    scaled = weights / weights.flatten(1).amax(1).clamp_min(1e-30)[:, None, None]
+    columns = [denormalise(last["image"][:count]), last["mask"][:count, 0], scaled, last["true_mask"][:count, 0]]
+    return image_grid([c if isinstance(c, np.ndarray) else c.detach().cpu().float().numpy() for c in columns])
+
+
+def _log_weights(log: RunLog, method, run_dir: Path, epoch: int) -> None:
+    last = getattr(method, "last", None)
+    if not last:
+        return
+    grid = _weight_grid(last)
+    log.images("meta/image_noisy_weights_true", grid, epoch)
+    (run_dir / "weights").mkdir(exist_ok=True)
+    cv2.imwrite(str(run_dir / "weights" / f"epoch_{epoch:03d}.png"), cv2.cvtColor(grid, cv2.COLOR_RGB2BGR))
+
+
 def train(cfg: DictConfig | dict, run_dir: str | Path | None = None) -> dict[str, Any]:
     """Train and test one model as configured; write everything to ``run_dir``; return the results."""
     cfg = cfg if isinstance(cfg, DictConfig) else OmegaConf.create(cfg)
     run_dir = Path(cfg.resume or run_dir or "runs/latest")
+    if cfg.get("reuse") and not cfg.resume:  # sweeps: never recompute a finished cell
+        if (run_dir / "results.json").exists():
+            return json.loads((run_dir / "results.json").read_text())
+        if (run_dir / "last.pt").exists():
+            cfg = cfg.copy()
+            cfg.resume = str(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     device = resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)  # model initialisation
@@ -131,8 +173,9 @@ def train(cfg: DictConfig | dict, run_dir: str | Path | None = None) -> dict[str
             row = {"epoch": epoch, "step": trainer.counters["steps"], "lr": optimizer.param_groups[0]["lr"],
                    **{f"train_{k}": v for k, v in logs.items()}, **{f"val_{k}": v for k, v in val.items()}}
             history.append(row)
-            log.epoch(row, trainer.counters["steps"])
+            log.epoch(history, trainer.counters["steps"])
             log.images("val/image_truth_prediction", _preview(model, evalsets["val"], arrays["val"]["masks"], probs), epoch)
+            _log_weights(log, method, run_dir, epoch)
             if val["dice"] > best["dice"]:
                 best = {"dice": val["dice"], "epoch": epoch, "val": val}
                 save_checkpoint(run_dir / "best.pt", {"model": model.state_dict(), "epoch": epoch, "config": resolved})
@@ -150,7 +193,7 @@ def train(cfg: DictConfig | dict, run_dir: str | Path | None = None) -> dict[str
     results = {
         "test": test, "val": best["val"], "best_epoch": best["epoch"], "epochs": cfg.trainer.epochs,
         "steps": trainer.counters["steps"], "skipped_steps": trainer.counters["skipped"],
-        "split_sizes": {name: len(a["images"]) for name, a in arrays.items()},
+        "split_sizes": {name: len(a["images"]) for name, a in arrays.items()}, "noise": noise_report(cfg, arrays),
         "device": str(device), "config": resolved,
     }
     write_json(run_dir / "results.json", results)

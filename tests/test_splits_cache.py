@@ -85,3 +85,16 @@ def test_augmentation_keeps_image_and_maps_aligned():
 def test_unknown_transform():
     with pytest.raises(ConfigError, match="'Blurry' is not an albumentations transform"):
         build_transform([{"name": "Blurry"}])
+
+
+def test_noisy_masks_are_cached_per_noise_config(tmp_path):
+    from noisyseg.noise import MaskNoise
+
+    source = build_source("synthetic", count=6, size=64, seed=0)
+    noise = MaskNoise("morph", 1.0, 1.0, seed=3)
+    first = load_arrays(source, source.ids, 32, tmp_path, noise=noise, split="noisy")
+    again = load_arrays(source, source.ids, 32, tmp_path, noise=MaskNoise("morph", 1.0, 1.0, seed=3), split="noisy")
+    np.testing.assert_array_equal(first["noisy_masks"], again["noisy_masks"])
+    assert (first["noisy_masks"] != first["masks"]).any()
+    load_arrays(source, source.ids, 32, tmp_path, noise=MaskNoise("morph", 0.5, 1.0, seed=3), split="noisy")
+    assert len(list(tmp_path.glob("*.npz"))) == 2

@@ -14,7 +14,7 @@ from typing import Callable
 import numpy as np
 
 from noisyseg.data.io import IMAGE_SUFFIXES, check_same_size, read_image, read_mask
-from noisyseg.data.synthetic import make_lesion
+from noisyseg.data.synthetic import GENERATOR_VERSION, make_lesion
 from noisyseg.errors import DataError
 from noisyseg.registry import Registry
 
@@ -94,7 +94,7 @@ def synthetic(count: int = 600, size: int = 96, seed: int = 0) -> Source:
     ids = [f"syn_{i:05d}" for i in range(count)]
     return Source(
         name="synthetic",
-        key=f"synthetic(count={count},size={size},seed={seed})",
+        key=f"synthetic(v{GENERATOR_VERSION},count={count},size={size},seed={seed})",
         ids=ids,
         loader=lambda sample_id, _draft: make_lesion(seed, int(sample_id[4:]), size),
     )
