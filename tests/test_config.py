@@ -55,3 +55,11 @@ def test_loss_and_method_configs_build(loss, method):
 def test_data_configs_compose(name):
     cfg = compose_with(f"data={name}")
     assert cfg.data.name == name and cfg.data.size % 8 == 0
+
+
+@pytest.mark.parametrize("name", options("experiment") + [f"arm={a}" for a in options("arm")])
+def test_experiment_and_arm_configs_compose(name):
+    cfg = compose_with(name if name.startswith("arm=") else f"experiment={name}")
+    assert cfg.method.name in METHODS.names() and cfg.noise.kind
+    if name.startswith("arm="):
+        assert cfg.label == name[4:]
