@@ -5,8 +5,8 @@ optimizer step) against the plain noisy step (forward, mean loss, backward, step
 U-Net, interleaved round-robin in one process (the order is shuffled each round so no method always
 follows the same one) and reported as medians after warm-up, with wall-clock and process CPU time
 (the CPU time is less sensitive to other load on a shared machine). Peak memory: CUDA max allocated
-on GPU; on CPU the peak RSS of a fresh subprocess per method minus that of a process that only
-builds the model and data. ``--scaling`` repeats the comparison over image and batch sizes and plots
+on GPU; on CPU the peak RSS of a fresh subprocess per method (its ``VmHWM``; ``ru_maxrss`` where
+there is no /proc) minus that of a process that only builds the model and data. ``--scaling`` repeats the comparison over image and batch sizes and plots
 it. Each method trains its own copy of the model with SGD (momentum 0.9); the virtual step size is
 the current learning rate, as in the paper.
 """
@@ -264,7 +264,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--json", default="", help="write the results here")
     p.add_argument("--no-memory", action="store_true", help="skip the CPU peak-RSS subprocesses")
     p.set_defaults(func=meta_main)
-    w = sub.add_parser("_rss", help=argparse.SUPPRESS)  # internal: one fresh process per method
+    w = sub.add_parser("_rss")  # internal (unlisted): one fresh process per method, for peak RSS
     _common(w)
     w.add_argument("--method", required=True)
     w.set_defaults(func=_rss_worker)
