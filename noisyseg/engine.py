@@ -63,6 +63,7 @@ class Trainer:
     num_workers: int = 0
     grad_clip: float | None = None
     progress: bool = True
+    amp: bool = False  # bfloat16 autocast of the step's forward passes, on CUDA only
     counters: dict[str, int] = field(default_factory=lambda: {"steps": 0, "skipped": 0})
 
     def _loaders(self, epoch: int) -> dict[str, DataLoader]:
@@ -89,7 +90,8 @@ class Trainer:
             batches = {name: to_device(next(it), self.device) for name, it in iterators.items()}
             lr = self.optimizer.param_groups[0]["lr"]
             self.optimizer.zero_grad(set_to_none=True)
-            out = self.method.step(self.model, batches, lr)
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.amp and self.device.type == "cuda"):
+                out = self.method.step(self.model, batches, lr)
             if out.loss is None:
                 self.counters["skipped"] += 1
                 self.scheduler.step()

@@ -150,8 +150,11 @@ def train(cfg: DictConfig | dict, run_dir: str | Path | None = None) -> dict[str
     model = build_model(cfg.model.name, **_kwargs(cfg.model)).to(device)
     total_steps = cfg.trainer.epochs * cfg.trainer.steps_per_epoch
     optimizer, scheduler = build_optimizer(model.parameters(), total_steps, **_kwargs(cfg.optim))
+    if cfg.trainer.amp and cfg.method.name == "meta":
+        raise ConfigError("trainer.amp=true is not supported with method=meta yet (the meta step runs in float32)")
     trainer = Trainer(model, method, streams, optimizer, scheduler, device, cfg.seed, cfg.trainer.batch_size,
-                      cfg.trainer.steps_per_epoch, cfg.trainer.num_workers, cfg.trainer.grad_clip, cfg.trainer.progress)
+                      cfg.trainer.steps_per_epoch, cfg.trainer.num_workers, cfg.trainer.grad_clip, cfg.trainer.progress,
+                      cfg.trainer.amp)
 
     start_epoch, best, history = 0, {"dice": -1.0, "epoch": -1}, []
     if cfg.resume:

@@ -39,6 +39,19 @@ def test_isic_official_splits_and_superpixels_ignored(isic_root):
     assert image.shape[:2] == mask.shape == (30, 40)
 
 
+@pytest.mark.parametrize("images, masks, mask_name", [
+    ("ISBI2016_ISIC_Part1_Training_Data", "ISBI2016_ISIC_Part1_Training_GroundTruth", "{}_Segmentation.png"),
+    ("ISIC2018_Task1-2_Training_Input", "ISIC2018_Task1_Training_GroundTruth", "{}_segmentation.png"),
+])
+def test_isic_2016_and_2018_layouts(tmp_path, images, masks, mask_name):
+    for i in range(3):
+        sid = f"ISIC_{i:07d}"
+        write_pair(tmp_path / images / f"{sid}.jpg", tmp_path / masks / mask_name.format(sid), i)
+    (tmp_path / images / "ATTRIBUTION.txt").write_text("x")
+    source = build_source("isic", root=str(tmp_path))
+    assert source.ids == ["ISIC_0000000", "ISIC_0000001", "ISIC_0000002"] and list(source.official) == ["train"]
+
+
 def test_isic_draft_decode_is_used_for_large_targets(isic_root):
     source = build_source("isic", root=str(isic_root))
     image, _ = source.load("ISIC_0000001", draft_size=16)
