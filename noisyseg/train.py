@@ -195,7 +195,7 @@ def train(cfg: DictConfig | dict, run_dir: str | Path | None = None) -> dict[str
     _write_per_image(run_dir / "test_per_image.csv", test_probs >= 0.5, arrays["test"]["masks"] > 0)
     results = {
         "test": test, "val": best["val"], "best_epoch": best["epoch"], "epochs": cfg.trainer.epochs,
-        "steps": trainer.counters["steps"], "skipped_steps": trainer.counters["skipped"],
+        "steps": trainer.counters["steps"], "skipped_steps": trainer.counters["skipped"], "method_state": method.state_dict(),
         "split_sizes": {name: len(a["images"]) for name, a in arrays.items()}, "noise": noise_report(cfg, arrays),
         "device": str(device), "config": resolved,
     }

@@ -32,13 +32,15 @@ def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=300)
 
 
-def test_cli_run_writes_results(tmp_path):
+@pytest.mark.parametrize("method, extra", [("clean", "loss=dice"), ("meta", "noise=morph")])
+def test_cli_run_writes_results(tmp_path, method, extra):
     out = tmp_path / "run"
-    proc = run_cli("debug=fast", "data.params.count=80", "method=clean", "loss=dice", f"hydra.run.dir={out}", cwd=tmp_path)
+    proc = run_cli("debug=fast", "data.params.count=80", f"method={method}", extra, f"hydra.run.dir={out}", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     results = json.loads((out / "results.json").read_text())
     assert set(results["test"]) == set(METRIC_KEYS)
-    assert results["config"]["method"]["name"] == "clean" and results["config"]["loss"]["name"] == "dice"
+    assert results["config"]["method"]["name"] == method
+    assert results["config"][extra.split("=")[0]]["name" if extra.startswith("loss") else "kind"] == extra.split("=")[1]
     assert (out / "splits.json").exists() and (out / "metrics.csv").read_text().count("\n") == 3
     assert (out / "best.pt").exists() and (out / ".hydra" / "config.yaml").exists()
 
@@ -97,6 +99,15 @@ def test_resume_with_different_config_is_refused(tmp_path):
 def test_method_needing_empty_split(tmp_path):
     with pytest.raises(DataError, match="method=clean trains on the clean split"):
         train(config("method=clean", "data.split.clean=0"), tmp_path)
+
+
+def test_meta_method_end_to_end(tmp_path):
+    results = train(config("method=meta", "noise=flip", "noise.level=1.0", "meta.clean_batch_size=2"), tmp_path)
+    counts = results["method_state"]["counts"]
+    assert sum(counts.values()) == 6 and results["steps"] + results["skipped_steps"] == 6
+    assert sorted(p.name for p in (tmp_path / "weights").iterdir()) == ["epoch_000.png", "epoch_001.png"]
+    header = (tmp_path / "metrics.csv").read_text().splitlines()[0]
+    assert "train_weight_zero_fraction" in header and "train_weight_wrong_right_ratio" in header
 
 
 def test_noise_corrupts_only_the_noisy_split(tmp_path):
