@@ -91,7 +91,7 @@ def build_streams(cfg: DictConfig, method, arrays) -> dict[str, SegmentationData
 def _check_resume(cfg: DictConfig, saved: dict) -> None:
     current = OmegaConf.to_container(cfg, resolve=True)
     saved = dict(saved)
-    for key in ("resume", "reuse"):
+    for key in ("resume", "reuse", "threads"):  # run-time settings that do not change the result
         current.pop(key, None)
         saved.pop(key, None)
     differ = sorted(_diff_keys(current, saved))
@@ -140,6 +140,8 @@ def train(cfg: DictConfig | dict, run_dir: str | Path | None = None) -> dict[str
             cfg.resume = str(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     device = resolve_device(cfg.device)
+    if cfg.get("threads"):
+        torch.set_num_threads(cfg.threads)  # e.g. 1 per job when sweep cells run in parallel
     torch.manual_seed(cfg.seed)  # model initialisation
 
     _, arrays = load_splits(cfg, run_dir)
