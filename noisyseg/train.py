@@ -128,6 +128,27 @@ def _log_weights(log: RunLog, method, run_dir: Path, epoch: int) -> None:
     cv2.imwrite(str(run_dir / "weights" / f"epoch_{epoch:03d}.png"), cv2.cvtColor(grid, cv2.COLOR_RGB2BGR))
 
 
+def _training_state(trainer: Trainer, epoch: int, best: dict, history: list, config: dict) -> dict[str, Any]:
+    """Everything needed to continue after ``epoch``: a plain dict, loadable with weights_only=True."""
+    return {
+        "format": CHECKPOINT_FORMAT, "model": trainer.model.state_dict(), "optimizer": trainer.optimizer.state_dict(),
+        "scheduler": trainer.scheduler.state_dict(), "method": trainer.method.state_dict(),
+        "counters": dict(trainer.counters), "epoch": epoch, "best": best, "history": history, "config": config,
+    }
+
+
+def _restore(cfg: DictConfig, path: Path, trainer: Trainer) -> tuple[int, dict, list]:
+    """Load a :func:`_training_state` checkpoint into ``trainer``; returns (next epoch, best, history)."""
+    state = load_checkpoint(path, trainer.device)
+    _check_resume(cfg, state["config"])
+    trainer.model.load_state_dict(state["model"])
+    trainer.optimizer.load_state_dict(state["optimizer"])
+    trainer.scheduler.load_state_dict(state["scheduler"])
+    trainer.method.load_state_dict(state["method"])
+    trainer.counters.update(state["counters"])
+    return state["epoch"] + 1, state["best"], state["history"]
+
+
 def train(cfg: DictConfig | dict, run_dir: str | Path | None = None) -> dict[str, Any]:
     """Train and test one model as configured; write everything to ``run_dir``; return the results."""
     cfg = cfg if isinstance(cfg, DictConfig) else OmegaConf.create(cfg)
@@ -160,14 +181,7 @@ def train(cfg: DictConfig | dict, run_dir: str | Path | None = None) -> dict[str
 
     start_epoch, best, history = 0, {"dice": -1.0, "epoch": -1}, []
     if cfg.resume:
-        state = load_checkpoint(run_dir / "last.pt", device)
-        _check_resume(cfg, state["config"])
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        method.load_state_dict(state["method"])
-        trainer.counters.update(state["counters"])
-        start_epoch, best, history = state["epoch"] + 1, state["best"], state["history"]
+        start_epoch, best, history = _restore(cfg, run_dir / "last.pt", trainer)
 
     log = RunLog(run_dir, cfg.trainer.tensorboard)
     resolved = OmegaConf.to_container(cfg, resolve=True)
@@ -184,11 +198,7 @@ def train(cfg: DictConfig | dict, run_dir: str | Path | None = None) -> dict[str
             if val["dice"] > best["dice"]:
                 best = {"dice": val["dice"], "epoch": epoch, "val": val}
                 save_checkpoint(run_dir / "best.pt", {"model": model.state_dict(), "epoch": epoch, "config": resolved})
-            save_checkpoint(run_dir / "last.pt", {
-                "format": CHECKPOINT_FORMAT, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(), "method": method.state_dict(), "counters": dict(trainer.counters),
-                "epoch": epoch, "best": best, "history": history, "config": resolved,
-            })
+            save_checkpoint(run_dir / "last.pt", _training_state(trainer, epoch, best, history, resolved))
     finally:
         log.close()
 
