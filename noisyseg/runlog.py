@@ -51,13 +51,15 @@ def denormalise(images: torch.Tensor) -> np.ndarray:
     return (np.clip(array, 0, 1) * 255).astype(np.uint8)
 
 
-def image_grid(columns: list[np.ndarray]) -> np.ndarray:
+def image_grid(columns: list[np.ndarray], min_tile: int = 128) -> np.ndarray:
     """Rows of samples, one column per item: each column is uint8 ``[B, H, W, 3]`` or float
-    ``[B, H, W]`` in [0, 1] (masks, probabilities, weight maps; shown in grey)."""
+    ``[B, H, W]`` in [0, 1] (masks, probabilities, weight maps; shown in grey). Small tiles are
+    enlarged by an integer factor (nearest neighbour) so that pixels stay visible."""
     tiles = []
     for column in columns:
         if column.ndim == 3:
             column = np.repeat((np.clip(column, 0, 1) * 255).astype(np.uint8)[..., None], 3, axis=-1)
-        tiles.append(column)
+        factor = max(1, -(-min_tile // column.shape[1]))
+        tiles.append(column.repeat(factor, axis=1).repeat(factor, axis=2))
     rows = [np.concatenate([np.pad(t[i], ((1, 1), (1, 1), (0, 0))) for t in tiles], axis=1) for i in range(len(tiles[0]))]
     return np.concatenate(rows, axis=0)
