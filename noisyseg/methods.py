@@ -22,7 +22,6 @@ Batch = dict[str, torch.Tensor]
 class StepOutput:
     loss: torch.Tensor | None  # None: skip this optimiser step
     logs: dict[str, float] = field(default_factory=dict)
-    weights: torch.Tensor | None = None  # per-pixel loss weights, for methods that learn them
 
 
 class Method:
@@ -119,7 +118,7 @@ class MetaReweighted(Method):
         loss = result.loss
         if loss is not None and self.clean_loss_weight > 0:
             loss = loss + self.clean_loss_weight * self.loss(model(clean["image"]), clean["mask"])
-        return StepOutput(loss, weight_stats(result.weights, noisy["mask"], noisy["true_mask"]), result.weights)
+        return StepOutput(loss, weight_stats(result.weights, noisy["mask"], noisy["true_mask"]))
 
     def state_dict(self) -> dict:
         return {"counts": dict(self.meta_loss.counts)}
@@ -130,8 +129,8 @@ class MetaReweighted(Method):
 
 @torch.no_grad()
 def weight_stats(weights: torch.Tensor, mask: torch.Tensor, true_mask: torch.Tensor) -> dict[str, float]:
-    """Mean weight relative to uniform, share of zero-weight pixels, and, where the noisy label is
-    known to be wrong (synthetic noise), the mean weight of wrong pixels over that of right ones."""
+    """Mean weight, share of zero-weight pixels, and, where the noisy label is known to be wrong
+    (synthetic noise), the mean weight of wrong pixels over that of right ones."""
     relative = weights * weights.numel() / weights.sum().clamp_min(1e-30)  # 1 = uniform weighting
     stats = {"weight_mean": weights.mean().item(), "weight_zero_fraction": (weights == 0).float().mean().item()}
     wrong = (mask > 0.5) != (true_mask > 0.5)
