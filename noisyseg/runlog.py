@@ -25,15 +25,24 @@ class RunLog:
     def epoch(self, history: list[dict[str, float]], step: int) -> None:
         """Rewrite ``metrics.csv`` from the whole history (so a resumed run never repeats a row)
         and add the newest row to TensorBoard."""
-        tmp = self.csv_path.with_suffix(".csv.tmp")
+        self.table(self.csv_path, history)
+        self.scalars(history[-1], step)
+
+    def scalars(self, row: dict[str, float], step: int, prefix: str = "") -> None:
+        """TensorBoard scalars ``prefix + key`` (the first ``_`` of a key becomes ``/``)."""
+        for key, value in row.items():
+            if self.writer and key not in ("epoch", "step", "round") and isinstance(value, (int, float)):
+                self.writer.add_scalar(prefix + key.replace("_", "/", 1), value, step)
+
+    @staticmethod
+    def table(path: Path, rows: list[dict]) -> None:
+        """Write ``rows`` as a CSV atomically (columns: every key, in order of first appearance)."""
+        tmp = path.with_suffix(".csv.tmp")
         with open(tmp, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=list(dict.fromkeys(k for row in history for k in row)))
+            writer = csv.DictWriter(f, fieldnames=list(dict.fromkeys(k for row in rows for k in row)))
             writer.writeheader()
-            writer.writerows(history)
-        os.replace(tmp, self.csv_path)
-        for key, value in history[-1].items():
-            if self.writer and key not in ("epoch", "step"):
-                self.writer.add_scalar(key.replace("_", "/", 1), value, step)
+            writer.writerows(rows)
+        os.replace(tmp, path)
 
     def images(self, tag: str, grid: np.ndarray, step: int) -> None:
         """``grid``: uint8 ``[H, W, 3]``."""

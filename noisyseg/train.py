@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import cv2
 import numpy as np
@@ -36,17 +36,18 @@ CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 CHECKPOINT_FORMAT = 1
 
 
-def _kwargs(node: DictConfig, drop: tuple[str, ...] = ("name",)) -> dict[str, Any]:
+def node_kwargs(node: DictConfig, drop: tuple[str, ...] = ("name",)) -> dict[str, Any]:
+    """A config group's options as keyword arguments for its plug-in (``name`` dropped)."""
     return {k: v for k, v in OmegaConf.to_container(node, resolve=True, throw_on_missing=True).items() if k not in drop}
 
 
 def load_splits(cfg: DictConfig, run_dir: Path) -> tuple[Any, dict[str, dict[str, np.ndarray]]]:
     """Build the data source, split it (or reuse a manifest) and decode every split (cached)."""
-    source = build_source(cfg.data.name, **_kwargs(cfg.data.params, drop=()))
+    source = build_source(cfg.data.name, **node_kwargs(cfg.data.params, drop=()))
     if cfg.data.splits_file:
         splits = load_manifest(cfg.data.splits_file, source.ids)
     else:
-        splits = make_splits(source.ids, cfg.seed, **_kwargs(cfg.data.split, drop=()), official=source.official)
+        splits = make_splits(source.ids, cfg.seed, **node_kwargs(cfg.data.split, drop=()), official=source.official)
     save_manifest(run_dir / "splits.json", splits)
     noise = build_noise(cfg.noise)
     arrays = {
@@ -67,7 +68,7 @@ def noise_report(cfg: DictConfig, arrays: dict[str, dict[str, np.ndarray]]) -> d
     """The configured noise and the realised noise: mean Dice(noisy, clean) over the noisy split."""
     noisy = arrays["noisy"]
     realised = realised_dice(noisy["noisy_masks"], noisy["masks"]) if "noisy_masks" in noisy and len(noisy["masks"]) else 1.0
-    return {**_kwargs(cfg.noise, drop=()), "realised_dice": realised}
+    return {**node_kwargs(cfg.noise, drop=()), "realised_dice": realised}
 
 
 def _stream_dataset(arrays: dict[str, dict[str, np.ndarray]], splits: tuple[str, ...], transform) -> SegmentationDataset:
@@ -88,7 +89,8 @@ def build_streams(cfg: DictConfig, method, arrays) -> dict[str, SegmentationData
     return streams
 
 
-def _check_resume(cfg: DictConfig, saved: dict) -> None:
+def check_resume(cfg: DictConfig, saved: dict) -> None:
+    """Refuse to continue a run whose saved config differs from ``cfg`` (run-time settings aside)."""
     current = OmegaConf.to_container(cfg, resolve=True)
     saved = dict(saved)
     for key in ("resume", "reuse", "threads"):  # run-time settings that do not change the result
@@ -140,7 +142,7 @@ def _training_state(trainer: Trainer, epoch: int, best: dict, history: list, con
 def _restore(cfg: DictConfig, path: Path, trainer: Trainer) -> tuple[int, dict, list]:
     """Load a :func:`_training_state` checkpoint into ``trainer``; returns (next epoch, best, history)."""
     state = load_checkpoint(path, trainer.device)
-    _check_resume(cfg, state["config"])
+    check_resume(cfg, state["config"])
     trainer.model.load_state_dict(state["model"])
     trainer.optimizer.load_state_dict(state["optimizer"])
     trainer.scheduler.load_state_dict(state["scheduler"])
@@ -166,13 +168,13 @@ def train(cfg: DictConfig | dict, run_dir: str | Path | None = None) -> dict[str
     torch.manual_seed(cfg.seed)  # model initialisation
 
     _, arrays = load_splits(cfg, run_dir)
-    loss = build_loss(cfg.loss.name, **_kwargs(cfg.loss))
-    method = build_method(cfg.method.name, loss, **_kwargs(cfg.method))
+    loss = build_loss(cfg.loss.name, **node_kwargs(cfg.loss))
+    method = build_method(cfg.method.name, loss, **node_kwargs(cfg.method))
     streams = build_streams(cfg, method, arrays)
     evalsets = {s: SegmentationDataset(arrays[s]["images"], {"mask": arrays[s]["masks"]}) for s in ("val", "test")}
-    model = build_model(cfg.model.name, **_kwargs(cfg.model)).to(device)
+    model = build_model(cfg.model.name, **node_kwargs(cfg.model)).to(device)
     total_steps = cfg.trainer.epochs * cfg.trainer.steps_per_epoch
-    optimizer, scheduler = build_optimizer(model.parameters(), total_steps, **_kwargs(cfg.optim))
+    optimizer, scheduler = build_optimizer(model.parameters(), total_steps, **node_kwargs(cfg.optim))
     if cfg.trainer.amp and cfg.method.name == "meta":
         raise ConfigError("trainer.amp=true is not supported with method=meta yet (the meta step runs in float32)")
     trainer = Trainer(model, method, streams, optimizer, scheduler, device, cfg.seed, cfg.trainer.batch_size,
@@ -229,20 +231,27 @@ def _run_dir(resume: str | None, default: str) -> str:
 OmegaConf.register_new_resolver("noisyseg_run_dir", _run_dir, replace=True)
 
 
-def main() -> None:
+def hydra_main(config_name: str, run: Callable[[DictConfig, str], dict], summary: Callable[[dict], dict]) -> None:
+    """Call ``run(cfg, run_dir)`` under Hydra with ``conf/<config_name>.yaml``; print ``summary(results)``
+    as JSON. Configuration and data errors print ``error: ...`` and exit with status 2."""
     import hydra
     from hydra.core.hydra_config import HydraConfig
 
-    @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
+    @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name=config_name)
     def _main(cfg: DictConfig) -> None:
+        run_dir = HydraConfig.get().runtime.output_dir
         try:
-            results = train(cfg, HydraConfig.get().runtime.output_dir)
+            results = run(cfg, run_dir)
         except (NoisysegError, OmegaConfBaseException) as err:
             print(f"error: {err}", file=sys.stderr)
             sys.exit(2)
-        print(json.dumps({"run_dir": HydraConfig.get().runtime.output_dir, "test": results["test"]}, indent=2))
+        print(json.dumps({"run_dir": run_dir, **summary(results)}, indent=2))
 
     _main()
+
+
+def main() -> None:
+    hydra_main("train", train, lambda results: {"test": results["test"]})
 
 
 if __name__ == "__main__":

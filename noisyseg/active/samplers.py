@@ -22,8 +22,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from noisyseg.active.mc import mc_predict, predict
-from noisyseg.active.scores import REDUCTIONS, image_scores, pixel_uncertainty
+from noisyseg.active.mc import dropout_modules, mc_predict, predict
+from noisyseg.active.scores import MIN_SAMPLES, REDUCTIONS, image_scores, pixel_uncertainty
 from noisyseg.errors import ConfigError
 from noisyseg.registry import Registry
 
@@ -54,6 +54,7 @@ class Sampler:
     """Base class: subclasses implement :meth:`score` (and :meth:`_choose` for a non-greedy query)."""
 
     needs_mc: ClassVar[bool] = True  # False: select() needs no predictions (random)
+    min_samples: ClassVar[int] = 1  # MC samples the score needs (variance and BALD: 2)
     distance_weighted: bool = False  # True: score() uses the deterministic prediction if given
 
     def score(self, probs: torch.Tensor, prediction: torch.Tensor | None = None) -> np.ndarray:
@@ -121,6 +122,10 @@ class UncertaintySampler(Sampler):
         if reduction not in REDUCTIONS:
             raise ConfigError(f"sampler reduction {reduction!r} is not one of {REDUCTIONS}")
         self.reduction, self.distance_weighted = reduction, distance_weighted
+
+    @property
+    def min_samples(self) -> int:  # type: ignore[override]
+        return MIN_SAMPLES[self.score_name]
 
     def score(self, probs: torch.Tensor, prediction: torch.Tensor | None = None) -> np.ndarray:
         scores = image_scores(probs, self.score_name, self.reduction, self.distance_weighted, prediction)
@@ -265,21 +270,32 @@ def score_pool(
     chunk: int = 8,
     mode: str = "loop",
     model_prediction: bool = True,
-) -> np.ndarray:
+    confidence: bool = False,
+) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
     """Image scores ``[N]`` (float64) of a pool: a tensor ``[N, C, H, W]`` split into ``chunk``-image
     batches, or an iterable of ``[b, C, H, W]`` batches. Only one chunk's MC stack ``[T, chunk, H, W]``
     is held at a time; a sampler with ``needs_mc = False`` gets zeros without running the model.
 
     ``model_prediction``: for a distance-weighted sampler, take the mask from the dropout-free forward
     (as CEAL intends) rather than from the mean MC probability.
+
+    ``confidence=True`` returns ``(scores, entropy)``, the second the mean predictive entropy per image
+    from the same MC samples (for :func:`most_confident` pseudo-labels; the dropout-free prediction's
+    entropy for a model without dropout), so the pool is scored once for both.
     """
     batches = images.split(chunk) if isinstance(images, torch.Tensor) else images
-    out = []
+    scores, entropies = [], []
     for x in batches:
-        if not sampler.needs_mc:
-            out.append(np.zeros(len(x)))
+        if not (sampler.needs_mc or confidence):
+            scores.append(np.zeros(len(x)))
             continue
-        probs = mc_predict(model, x, samples, mode=mode)  # [T, b, H, W]
-        pred = predict(model, x) if model_prediction and sampler.distance_weighted else None
-        out.append(sampler.score(probs, pred))
-    return np.concatenate(out) if out else np.zeros(0)
+        has_dropout = bool(dropout_modules(model))
+        probs = mc_predict(model, x, samples, mode=mode) if sampler.needs_mc or has_dropout else predict(model, x)[None]
+        needs_pred = model_prediction and sampler.distance_weighted and sampler.needs_mc
+        scores.append(sampler.score(probs, predict(model, x) if needs_pred else None) if sampler.needs_mc else np.zeros(len(x)))
+        if confidence:
+            entropies.append(image_scores(probs, "entropy", "mean").detach().cpu().double().numpy())
+    scores_ = np.concatenate(scores) if scores else np.zeros(0)
+    if not confidence:
+        return scores_
+    return scores_, np.concatenate(entropies) if entropies else np.zeros(0)

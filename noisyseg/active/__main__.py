@@ -1,0 +1,3 @@
+from noisyseg.active.loop import main
+
+main()

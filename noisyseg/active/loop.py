@@ -1,0 +1,333 @@
+"""The CEAL active-learning loop (Górriz et al. 2017): ``python -m noisyseg.active``.
+
+Round 0 trains on ``active.initial`` oracle-labeled images drawn at random from the training data
+(everything outside the val and test splits). Each later round:
+
+1. scores the unlabeled pool with MC dropout (the sampler's score, plus the mean predictive entropy
+   as the confidence for pseudo-labels) — one MC pass over the pool serves both;
+2. asks the oracle about ``active.queries`` images chosen by the sampler (fewer when the pool runs
+   low; the loop stops cleanly when it is empty), recording the answers in ``oracle.json`` at once;
+3. pseudo-labels the most confident remaining images with the model's own dropout-free prediction
+   (recomputed every round; they stay in the pool);
+4. fine-tunes the model (or retrains it from scratch, ``active.finetune=false``) and tests it.
+
+The training method decides how oracle and pseudo labels are used: ``method=noisy`` (default) pools
+them unweighted, as CEAL does; ``method=meta`` makes the oracle-labeled images the clean set and the
+pseudo-labeled ones the noisy set, so the meta step reweights the pseudo-labels pixel by pixel;
+``method=clean`` ignores pseudo-labels. A round without pseudo-labels trains on the oracle labels alone.
+
+Every random draw is seeded from ``(seed, round)`` or ``(seed, epoch)``, so the state saved after each
+round (``state.pt``, atomically: model, optimizer, labeled ids with their round, pseudo ids, per-round
+metrics) is all a resumed run needs to end with the same result as an uninterrupted one (on CPU).
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from noisyseg.active.mc import dropout_modules, mc_predict, predict
+from noisyseg.active.oracle import OracleLog, SimulatedOracle
+from noisyseg.active.pseudo import PseudoPolicy, build_pseudo_policy
+from noisyseg.active.samplers import Sampler, UncertaintySampler, build_sampler, score_pool
+from noisyseg.active.scores import pixel_uncertainty
+from noisyseg.checkpoint import load_checkpoint, save_checkpoint, write_json
+from noisyseg.data.cache import load_arrays
+from noisyseg.data.dataset import SegmentationDataset, to_tensor
+from noisyseg.data.sources import build_source
+from noisyseg.data.splits import make_splits, save_manifest
+from noisyseg.engine import Trainer, epoch_seed, evaluate, resolve_device
+from noisyseg.errors import ConfigError, DataError
+from noisyseg.losses import build_loss
+from noisyseg.methods import CleanOnly, Method, build_method
+from noisyseg.metrics import score
+from noisyseg.models import build_model
+from noisyseg.optim import build_optimizer
+from noisyseg.runlog import RunLog, image_grid
+from noisyseg.train import node_kwargs, build_noise, build_streams, check_resume, hydra_main
+
+STATE_FORMAT = 1
+MC_TAG, QUERY_TAG, INITIAL_TAG = 101, 102, 103  # keep the round seeds apart from the epoch seeds
+
+
+@dataclass
+class Pool:
+    """The training data as arrays in a fixed id order: images, true masks, and the oracle's answers."""
+
+    ids: list[str]
+    images: np.ndarray   # uint8 [N, H, W, 3]
+    masks: np.ndarray    # uint8 [N, H, W], ground truth
+    answers: np.ndarray  # uint8 [N, H, W], what the (possibly noisy) oracle answers
+
+    def __post_init__(self) -> None:
+        self.index = {sample_id: k for k, sample_id in enumerate(self.ids)}
+
+    def rows(self, ids: list[str]) -> np.ndarray:
+        return np.array([self.index[i] for i in ids], dtype=np.int64)
+
+    def tensors(self, ids: list[str]) -> torch.Tensor:
+        return torch.stack([to_tensor(self.images[k]) for k in self.rows(ids)]) if ids else torch.empty(0)
+
+
+def _load_data(cfg: DictConfig, run_dir: Path) -> tuple[Pool, dict[str, SegmentationDataset], dict[str, np.ndarray]]:
+    source = build_source(cfg.data.name, **node_kwargs(cfg.data.params, drop=()))
+    splits = make_splits(source.ids, cfg.seed, **node_kwargs(cfg.data.split, drop=()), official=source.official)
+    save_manifest(run_dir / "splits.json", splits)
+    train_ids = splits["clean"] + splits["noisy"] + splits["pool"]  # active learning labels these itself
+    arrays = load_arrays(source, train_ids, cfg.data.size, cfg.cache_dir, noise=build_noise(cfg.noise), split="active")
+    pool = Pool(train_ids, arrays["images"], arrays["masks"], arrays.get("noisy_masks", arrays["masks"]))
+    evalsets, evalmasks = {}, {}
+    for name in ("val", "test"):
+        split = load_arrays(source, splits[name], cfg.data.size, cfg.cache_dir, split=name)
+        evalsets[name], evalmasks[name] = SegmentationDataset(split["images"], {"mask": split["masks"]}), split["masks"]
+    return pool, evalsets, evalmasks
+
+
+def _initial_ids(pool: Pool, initial: int | str, seed: int) -> list[str]:
+    if initial == "all":
+        return list(pool.ids)
+    if isinstance(initial, bool) or not isinstance(initial, int) or initial < 1:
+        raise ConfigError(f"active.initial={initial!r} must be a positive count or 'all'")
+    if initial > len(pool.ids):
+        raise DataError(f"active.initial={initial} asks for more images than the {len(pool.ids)} training images "
+                        f"(outside val and test)")
+    order = np.random.default_rng(epoch_seed(seed, 0, INITIAL_TAG)).permutation(len(pool.ids))
+    return [pool.ids[k] for k in sorted(order[:initial])]
+
+
+def _check_mc(cfg: DictConfig, sampler: Sampler, model: torch.nn.Module) -> None:
+    if not sampler.needs_mc:
+        return
+    if not dropout_modules(model):
+        raise ConfigError(f"active/sampler={cfg.active.sampler.name} needs MC dropout, but the model has no dropout; "
+                          f"set model.dropout (e.g. 0.5, CEAL's value) or use active/sampler=random")
+    if cfg.active.mc_samples < sampler.min_samples:
+        raise ConfigError(f"active/sampler={cfg.active.sampler.name} needs active.mc_samples >= {sampler.min_samples}, "
+                          f"got {cfg.active.mc_samples}")
+
+
+class ActiveLoop:
+    """One active-learning run, resumable from its run folder. :meth:`run` returns the results."""
+
+    def __init__(self, cfg: DictConfig, run_dir: Path) -> None:
+        self.cfg, self.run_dir, self.a = cfg, run_dir, cfg.active
+        self.device = resolve_device(cfg.device)
+        self.pool, self.evalsets, self.evalmasks = _load_data(cfg, run_dir)
+        self.initial = _initial_ids(self.pool, self.a.initial, cfg.seed)
+        self.full = self.a.initial == "all"  # full supervision: the loop's total epochs at once, no queries
+        self.rounds = 0 if self.full else self.a.rounds
+        # one learning-rate schedule spans the epochs one model is trained for
+        self.schedule_epochs = self.a.epochs + self.a.rounds * self.a.epochs_per_round if (
+            self.a.finetune or self.full) else self.a.epochs
+        if self.a.queries < 1 or self.rounds < 0 or self.a.epochs < 1 or self.a.epochs_per_round < 0:
+            raise ConfigError(f"active needs queries >= 1, rounds >= 0, epochs >= 1, epochs_per_round >= 0; got "
+                              f"queries={self.a.queries}, rounds={self.a.rounds}, epochs={self.a.epochs}, "
+                              f"epochs_per_round={self.a.epochs_per_round}")
+        self.sampler: Sampler = build_sampler(**node_kwargs(self.a.sampler, drop=()))
+        self.pseudo: PseudoPolicy = build_pseudo_policy(**node_kwargs(self.a.pseudo, drop=()))
+        self.loss = build_loss(cfg.loss.name, **node_kwargs(cfg.loss))
+        self.method: Method = build_method(cfg.method.name, self.loss, **node_kwargs(cfg.method))
+        self.oracle_only = CleanOnly(self.loss)  # rounds without pseudo-labels
+        self.config = OmegaConf.to_container(cfg, resolve=True)
+        self._new_model()
+        _check_mc(cfg, self.sampler, self.model)
+        self.labeled: dict[str, int] = {}  # id -> round in which the oracle labeled it
+        self.pseudo_ids: list[str] = []
+        self.history: list[dict[str, Any]] = []  # one row per round
+        self.epochs: list[dict[str, Any]] = []   # one row per training epoch
+        self.epoch, self.counters = 0, {"steps": 0, "skipped": 0}
+        self.oracle_log = OracleLog(run_dir / "oracle.json")
+        self.oracle = SimulatedOracle({i: self.pool.answers[k] for k, i in enumerate(self.pool.ids)}, self.oracle_log.all_ids())
+
+    # -- model and training ------------------------------------------------------------------
+    def _new_model(self) -> None:
+        torch.manual_seed(self.cfg.seed)  # initialisation, also for a retrain from scratch
+        self.model = build_model(self.cfg.model.name, **node_kwargs(self.cfg.model)).to(self.device)
+        self.optimizer, self.scheduler = build_optimizer(
+            self.model.parameters(), self.schedule_epochs * self.cfg.trainer.steps_per_epoch, **node_kwargs(self.cfg.optim))
+
+    def _streams_and_method(self, pseudo_masks: np.ndarray) -> tuple[Method, dict]:
+        labeled = sorted(self.labeled, key=self.pool.index.get)
+        rows = self.pool.rows(labeled)
+        arrays = {"clean": {"images": self.pool.images[rows], "masks": self.pool.masks[rows],
+                            "noisy_masks": self.pool.answers[rows]}}  # the learner sees the oracle's answer
+        method = self.method
+        if self.pseudo_ids:
+            prow = self.pool.rows(self.pseudo_ids)
+            arrays["noisy"] = {"images": self.pool.images[prow], "masks": self.pool.masks[prow], "noisy_masks": pseudo_masks}
+        else:
+            method = self.oracle_only
+        return method, build_streams(self.cfg, method, arrays)
+
+    def _train(self, epochs: int, pseudo_masks: np.ndarray) -> None:
+        method, streams = self._streams_and_method(pseudo_masks)
+        t = self.cfg.trainer
+        trainer = Trainer(self.model, method, streams, self.optimizer, self.scheduler, self.device, self.cfg.seed,
+                          t.batch_size, t.steps_per_epoch, t.num_workers, t.grad_clip, t.progress, t.amp, self.counters)
+        for _ in range(epochs):
+            logs = trainer.train_epoch(self.epoch)
+            self.epochs.append({"round": len(self.history), "epoch": self.epoch, "step": self.counters["steps"],
+                                **{f"train_{k}": v for k, v in logs.items()}})
+            self.epoch += 1
+
+    # -- one round ---------------------------------------------------------------------------
+    def _query(self, round_: int) -> tuple[list[str], list[str]]:
+        """The ids the oracle labels this round, and the ids to pseudo-label."""
+        unlabeled = [i for i in self.pool.ids if i not in self.labeled]
+        chunk = self.a.chunk
+        batches = (self.pool.tensors(unlabeled[i:i + chunk]).to(self.device) for i in range(0, len(unlabeled), chunk))
+        torch.manual_seed(epoch_seed(self.cfg.seed, round_, MC_TAG))
+        args = (self.sampler, self.model, batches, self.a.mc_samples, chunk, self.a.mc_mode)
+        if self.pseudo.needs_confidence:
+            scores, confidence = score_pool(*args, confidence=True)
+        else:
+            scores, confidence = score_pool(*args), None
+        queried = self.oracle_log.ids(round_)  # answered before an interruption: never ask again
+        if queried is None:
+            rng = np.random.default_rng(epoch_seed(self.cfg.seed, round_, QUERY_TAG))
+            queried = self.sampler.select(scores, unlabeled, self.a.queries, rng)
+            self.oracle.label(queried)
+            self.oracle_log.record(round_, queried)
+        if confidence is None:
+            return queried, []
+        asked = set(queried)
+        rest = [k for k, i in enumerate(unlabeled) if i not in asked]
+        return queried, self.pseudo.choose(round_, confidence[rest], [unlabeled[k] for k in rest])
+
+    def _pseudo_masks(self) -> np.ndarray:
+        if not self.pseudo_ids:
+            return np.zeros((0, *self.pool.masks.shape[1:]), np.uint8)
+        probs = predict(self.model, self.pool.tensors(self.pseudo_ids).to(self.device), chunk=self.a.chunk)
+        return (probs >= 0.5).cpu().numpy().astype(np.uint8)
+
+    def _save_uncertainty(self, round_: int, queried: list[str], count: int = 8) -> None:
+        """image | prediction | uncertainty (scaled to each image's max) | oracle's mask, for queried images."""
+        ids = queried[:count]
+        if not ids or not dropout_modules(self.model):
+            return
+        x = self.pool.tensors(ids).to(self.device)
+        torch.manual_seed(epoch_seed(self.cfg.seed, round_, MC_TAG))
+        probs = mc_predict(self.model, x, max(self.a.mc_samples, 2), self.a.mc_mode)
+        pred = predict(self.model, x)
+        if isinstance(self.sampler, UncertaintySampler):
+            pixels = self.sampler.pixel_map(probs, pred)
+        else:
+            pixels = pixel_uncertainty(probs, "entropy")
+        pixels = (pixels / pixels.flatten(1).amax(1).clamp_min(1e-12)[:, None, None]).cpu().numpy()
+        rows = self.pool.rows(ids)
+        grid = image_grid([self.pool.images[rows], pred.cpu().numpy(), pixels, self.pool.answers[rows].astype(np.float32)])
+        folder = self.run_dir / "uncertainty"
+        folder.mkdir(exist_ok=True)
+        tmp = folder / f".round_{round_:02d}.tmp.png"
+        cv2.imwrite(str(tmp), cv2.cvtColor(grid, cv2.COLOR_RGB2BGR))
+        tmp.replace(folder / f"round_{round_:02d}.png")
+
+    def _evaluate(self, round_: int, queried: list[str], pseudo_masks: np.ndarray) -> dict[str, Any]:
+        bs = self.cfg.trainer.eval_batch_size
+        test, _ = evaluate(self.model, self.evalsets["test"], self.evalmasks["test"], bs, self.device)
+        val, _ = evaluate(self.model, self.evalsets["val"], self.evalmasks["val"], bs, self.device)
+        row = {"round": round_, "labeled": len(self.labeled), "queried": len(queried), "pseudo": len(self.pseudo_ids),
+               "epoch": self.epoch, "step": self.counters["steps"]}
+        if self.pseudo_ids:  # how good the self-labels were
+            row["pseudo_dice"] = score(pseudo_masks > 0, self.pool.masks[self.pool.rows(self.pseudo_ids)] > 0)["dice"]
+        return {**row, **{f"test_{k}": v for k, v in test.items()}, **{f"val_{k}": v for k, v in val.items()}}
+
+    def _round(self, round_: int) -> None:
+        if round_ == 0:
+            queried = self.oracle_log.ids(0)
+            if queried is None:
+                queried = self.initial
+                self.oracle.label(queried)
+                self.oracle_log.record(0, queried)
+            self.pseudo_ids = []
+        else:
+            queried, self.pseudo_ids = self._query(round_)
+            self._save_uncertainty(round_, queried)
+        pseudo_masks = self._pseudo_masks()  # from the model before this round's training, as CEAL
+        self.labeled.update({i: round_ for i in queried})
+        if round_ > 0 and not self.a.finetune:
+            self._new_model()
+        if round_ == 0:
+            epochs = self.schedule_epochs if self.full else self.a.epochs
+        else:
+            epochs = self.a.epochs_per_round if self.a.finetune else self.a.epochs
+        self._train(epochs, pseudo_masks)
+        self.history.append(self._evaluate(round_, queried, pseudo_masks))
+
+    # -- state ---------------------------------------------------------------------------------
+    def _state(self) -> dict[str, Any]:
+        return {"format": STATE_FORMAT, "round": len(self.history) - 1, "labeled": dict(self.labeled),
+                "pseudo": list(self.pseudo_ids), "history": self.history, "epochs": self.epochs, "epoch": self.epoch,
+                "counters": dict(self.counters), "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(), "method": self.method.state_dict(), "config": self.config}
+
+    def _restore(self, path: Path) -> None:
+        state = load_checkpoint(path, self.device)
+        check_resume(self.cfg, state["config"])
+        self.labeled, self.pseudo_ids = dict(state["labeled"]), list(state["pseudo"])
+        self.history, self.epochs, self.epoch = state["history"], state["epochs"], state["epoch"]
+        self.counters.update(state["counters"])
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.method.load_state_dict(state["method"])
+
+    def _save(self, log: RunLog) -> None:
+        save_checkpoint(self.run_dir / "state.pt", self._state())  # the source of truth for resuming
+        write_json(self.run_dir / "state.json", {"round": len(self.history) - 1, "labeled": self.labeled,
+                                                 "pseudo": self.pseudo_ids})  # a readable copy
+        log.table(self.run_dir / "rounds.csv", self.history)
+        log.table(self.run_dir / "metrics.csv", self.epochs)
+        log.scalars(self.history[-1], self.history[-1]["labeled"], prefix="active/")
+
+    def run(self) -> dict[str, Any]:
+        if (self.run_dir / "state.pt").exists():
+            self._restore(self.run_dir / "state.pt")
+        log = RunLog(self.run_dir, self.cfg.trainer.tensorboard)
+        try:
+            for round_ in range(len(self.history), self.rounds + 1):
+                if round_ > 0 and len(self.labeled) == len(self.pool.ids):
+                    break  # every image is labeled: stop cleanly
+                self._round(round_)
+                self._save(log)
+        finally:
+            log.close()
+        stopped = "rounds" if len(self.history) == self.rounds + 1 else "pool exhausted"
+        results = {
+            "test": {k[5:]: v for k, v in self.history[-1].items() if k.startswith("test_")},
+            "rounds": self.history, "labeled": len(self.labeled), "oracle_queries": len(self.oracle_log.all_ids()),
+            "stopped": stopped, "split_sizes": {"train": len(self.pool.ids), "val": len(self.evalmasks["val"]),
+                                                "test": len(self.evalmasks["test"])},
+            "device": str(self.device), "config": self.config,
+        }
+        write_json(self.run_dir / "results.json", results)
+        return results
+
+
+def run_active(cfg: DictConfig | dict, run_dir: str | Path | None = None) -> dict[str, Any]:
+    """Run (or resume) the active-learning loop as configured; write everything to ``run_dir``; return the results."""
+    cfg = cfg if isinstance(cfg, DictConfig) else OmegaConf.create(cfg)
+    run_dir = Path(cfg.resume or run_dir or "runs/active")
+    if cfg.get("reuse") and (run_dir / "results.json").exists():  # sweeps: never recompute a finished cell
+        return json.loads((run_dir / "results.json").read_text())
+    if (run_dir / "state.pt").exists() and not (cfg.resume or cfg.get("reuse")):
+        raise ConfigError(f"{run_dir} already holds an active-learning run; pass resume={run_dir} to continue it, "
+                          f"or choose another folder")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if cfg.get("threads"):
+        torch.set_num_threads(cfg.threads)
+    return ActiveLoop(cfg, run_dir).run()
+
+
+def main() -> None:
+    hydra_main("active_loop", run_active, lambda results: {"test": results["test"], "labeled": results["labeled"]})
+
+
+if __name__ == "__main__":
+    main()
