@@ -11,3 +11,7 @@ class DataError(NoisysegError):
 
 class ConfigError(NoisysegError):
     """A configuration value is invalid or names an unknown plug-in."""
+
+
+class DataWarning(UserWarning):
+    """A file was loaded with a documented fix-up (converted to RGB, mask thresholded, ...)."""

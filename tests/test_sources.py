@@ -122,20 +122,22 @@ def test_mask_size_mismatch(folder_root):
         source.load("case2")
 
 
-def test_non_binary_mask_is_an_error_unless_thresholded(folder_root):
+def test_non_binary_mask_is_thresholded_with_a_warning(folder_root):
     values = np.tile(np.arange(40, dtype=np.uint8) * 6, (30, 1))
     Image.fromarray(values).save(folder_root / "masks" / "case0_mask.png")
-    strict = build_source("folder", root=str(folder_root), mask_suffix="_mask")
-    with pytest.raises(DataError, match=r"case0_mask\.png: mask has values other than"):
-        strict.load("case0")
-    lenient = build_source("folder", root=str(folder_root), mask_suffix="_mask", mask_threshold=128)
-    np.testing.assert_array_equal(lenient.load("case0")[1], (values >= 128).astype(np.uint8))
+    source = build_source("folder", root=str(folder_root), mask_suffix="_mask")
+    with pytest.warns(UserWarning, match="threshold"):
+        np.testing.assert_array_equal(source.load("case0")[1], (values >= 128).astype(np.uint8))
+    custom = build_source("folder", root=str(folder_root), mask_suffix="_mask", mask_threshold=60)
+    with pytest.warns(UserWarning):
+        np.testing.assert_array_equal(custom.load("case0")[1], (values >= 60).astype(np.uint8))
 
 
 def test_sixteen_bit_and_rgba_inputs(folder_root):
     Image.fromarray(np.full((30, 40), 65535, np.uint16)).save(folder_root / "masks" / "case0_mask.png")
     Image.new("RGBA", (40, 30), (10, 20, 30, 128)).save(folder_root / "images" / "case0.png")
-    image, mask = build_source("folder", root=str(folder_root), mask_suffix="_mask").load("case0")
+    with pytest.warns(UserWarning, match="converted to RGB"):
+        image, mask = build_source("folder", root=str(folder_root), mask_suffix="_mask").load("case0")
     assert image.shape == (30, 40, 3) and mask.min() == 1
 
 

@@ -43,11 +43,12 @@ def _decode(source: Source, ids: list[str], size: int, noise: MaskNoise | None, 
     images = np.empty((len(ids), size, size, 3), np.uint8)
     masks = np.empty((len(ids), size, size), np.uint8)
     noisy = np.empty_like(masks) if noise is not None else None
-    for k, sample_id in enumerate(tqdm(ids, desc=desc, leave=False, disable=len(ids) < 50)):
-        image, mask = source.load(sample_id, draft_size=size)
-        images[k], masks[k] = resize_image(image, size), resize_mask(mask, size)
-        if noisy is not None:
-            noisy[k] = resize_mask(noise(sample_id, mask), size)  # corrupted at native resolution
+    with source.reporting():  # one warning per kind of fix-up for the whole split, with a count
+        for k, sample_id in enumerate(tqdm(ids, desc=desc, leave=False, disable=len(ids) < 50)):
+            image, mask = source.load(sample_id, draft_size=size)
+            images[k], masks[k] = resize_image(image, size), resize_mask(mask, size)
+            if noisy is not None:
+                noisy[k] = resize_mask(noise(sample_id, mask), size)  # corrupted at native resolution
     arrays = {"images": images, "masks": masks}
     if noisy is not None:
         arrays["noisy_masks"] = noisy

@@ -73,10 +73,11 @@ def load_manifest(path: str | Path, known_ids: list[str]) -> dict[str, list[str]
         splits = json.loads(path.read_text())
     except FileNotFoundError:
         raise DataError(f"{path}: split manifest not found") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+    except (OSError, ValueError) as err:  # a folder, unreadable bytes, invalid JSON
         raise DataError(f"{path}: not a valid split manifest ({err})") from None
-    if not isinstance(splits, dict) or not set(splits) <= set(SPLITS):
-        raise DataError(f"{path}: a split manifest maps some of {SPLITS} to lists of IDs")
+    if not (isinstance(splits, dict) and set(splits) <= set(SPLITS) and all(
+            isinstance(ids, list) and all(isinstance(i, str) for i in ids) for ids in splits.values())):
+        raise DataError(f"{path}: a split manifest maps some of {SPLITS} to lists of ID strings")
     known, seen = set(known_ids), set()
     for name, ids in splits.items():
         unknown = [i for i in ids if i not in known]
