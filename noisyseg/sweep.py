@@ -1,0 +1,78 @@
+"""Summaries of sweeps: finished runs -> mean ± std per cell -> CSV, markdown and error-bar plots.
+
+The experiment scripts (``experiments/*/aggregate.py``) say which runs form a cell and how a table
+reads; the grouping, the statistics and the plotting live here once.
+"""
+from __future__ import annotations
+
+import csv
+import json
+from collections import defaultdict
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+
+
+def load_results(root: str | Path) -> list[dict]:
+    """Every ``results.json`` under ``root`` (sorted by path), parsed."""
+    return [json.loads(path.read_text()) for path in sorted(Path(root).rglob("results.json"))]
+
+
+def summarise(rows: Iterable[dict], keys: Sequence[str], metrics: Sequence[str], means: Sequence[str] = ()) -> list[dict]:
+    """One entry per distinct ``keys`` tuple (sorted): ``n``, ``<metric>_mean``/``_std`` (sample std, 0 for one
+    run) for each of ``metrics``, and the plain mean of each of ``means`` under its own name."""
+    groups: dict[tuple, list[dict]] = defaultdict(list)
+    for row in rows:
+        groups[tuple(row[k] for k in keys)].append(row)
+    summary = []
+    for cell, runs in sorted(groups.items()):
+        entry = {**dict(zip(keys, cell)), "n": len(runs)}
+        entry.update({m: float(np.mean([r[m] for r in runs])) for m in means})
+        for m in metrics:
+            values = np.array([r[m] for r in runs], np.float64)
+            entry[f"{m}_mean"] = float(values.mean())
+            entry[f"{m}_std"] = float(values.std(ddof=1)) if len(values) > 1 else 0.0
+        summary.append(entry)
+    return summary
+
+
+def write_csv(rows: list[dict], path: Path) -> None:
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(dict.fromkeys(k for row in rows for k in row)))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def ordered(labels: Iterable[str], preferred: Sequence[str]) -> list[str]:
+    """``preferred`` labels that occur, in that order, then the others sorted."""
+    present = set(labels)
+    return [p for p in preferred if p in present] + sorted(present - set(preferred))
+
+
+def errorbar_plot(summary: list[dict], x: str, metric: str, path: Path, *, order: Sequence[str], xlabel: str,
+                  ylabel: str, title: str, dashed: Sequence[str] = (), lines: dict[str, float] | None = None) -> None:
+    """``metric`` mean ± std against ``x``, one series per ``label`` (in ``order``); ``dashed`` labels are drawn
+    dashed; ``lines`` adds horizontal reference lines (label -> value)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for label in order:
+        cells = sorted((s for s in summary if s["label"] == label), key=lambda s: s[x])
+        if cells:
+            ax.errorbar([c[x] for c in cells], [c[f"{metric}_mean"] for c in cells],
+                        yerr=[c[f"{metric}_std"] for c in cells], marker="o", capsize=3, label=label,
+                        linestyle="--" if label in dashed else "-")
+    for label, value in (lines or {}).items():
+        ax.axhline(value, color="k", linestyle=":", label=label)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
