@@ -53,3 +53,31 @@ def test_reuse_returns_finished_cell_without_training(tmp_path, monkeypatch):
 
     monkeypatch.setattr(train_module, "load_splits", boom)
     assert train_module.train(config("reuse=true"), tmp_path) == first
+
+
+active_spec = importlib.util.spec_from_file_location("active_aggregate", ROOT / "experiments" / "active_curve" / "aggregate.py")
+active_aggregate = importlib.util.module_from_spec(active_spec)
+active_spec.loader.exec_module(active_aggregate)
+
+
+def fabricate_active(root: Path, label: str, seed: int, dices: list[float], labeled: list[int]) -> None:
+    run = root / "runs" / label / f"seed={seed}"
+    run.mkdir(parents=True)
+    rounds = [{"round": k, "labeled": n, "pseudo": 0, "test_dice": d, "test_jaccard": d - 0.1}
+              for k, (n, d) in enumerate(zip(labeled, dices))]
+    results = {"rounds": rounds, "config": {"label": label, "seed": seed, "active": {"sampler": {"name": label}}}}
+    (run / "results.json").write_text(json.dumps(results))
+
+
+def test_active_curve_aggregate(tmp_path):
+    for seed, shift in enumerate([0.0, 0.1, 0.2]):
+        fabricate_active(tmp_path, "random", seed, [0.5 + shift, 0.6 + shift], [10, 20])
+        fabricate_active(tmp_path, "full", seed, [0.9], [40])
+    active_aggregate.main([str(tmp_path)])
+    rows = list(csv.DictReader(open(tmp_path / "summary.csv")))
+    first = next(r for r in rows if r["label"] == "random" and r["labeled"] == "10")
+    assert float(first["dice_mean"]) == pytest.approx(0.6) and float(first["dice_std"]) == pytest.approx(0.1)
+    table = (tmp_path / "summary.md").read_text()
+    assert "| random | 0.600 ± 0.100 | 0.700 ± 0.100 | 0.650 ± 0.100 |" in table  # last: mean over rounds
+    assert "| full (40 labeled) |" in table and "0.900 ± 0.000" in table
+    assert (tmp_path / "dice_vs_labels.png").stat().st_size > 1000
