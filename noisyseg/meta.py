@@ -19,6 +19,13 @@ Backends (:data:`META_BACKENDS`, all return the same u):
 - ``higher`` / ``autograd``: the literal L2RW recipe (ε requiring grad, differentiable inner SGD
   step, clean loss, gradient w.r.t. ε) with the ``higher`` library or ``torch.func`` + double backward.
 
+Distributed (``process_group``; auto when ``torch.distributed`` runs with world size > 1): ``jvp``
+only. g is all-reduced to the global clean gradient (pixel-count-weighted mean over ranks) and the
+normalisation, the non-finite check and the all-zero decision are global, so N processes give the
+weights of one process on the concatenated batches (:mod:`noisyseg.distributed` says what stays per
+rank). :class:`MetaReweightedLoss` multiplies its loss by the world size, so DDP's gradient average
+is the single-process gradient of Σ_i w_i ℓ_i over all ranks' pixels.
+
 Batch norm: every meta forward runs on *clones* of the module's buffers, so running statistics
 change only in the weighted forward, once per step, as in an ordinary step. The module's current
 train/eval mode is used. Dropout: two seeds are drawn from the global generator per call and every
@@ -41,7 +48,8 @@ import torch.autograd.forward_ad as fwAD
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from noisyseg.errors import NoisysegError
+from noisyseg.distributed import GroupArg, all_reduce_sum, average_gradients, resolve_group, unwrap, world_size
+from noisyseg.errors import ConfigError, NoisysegError
 from noisyseg.registry import Registry
 
 Batch = tuple[Tensor, Tensor]  # (images [B, C, H, W], masks [B, 1, H, W])
@@ -64,6 +72,7 @@ class _Problem:
     lr: float
     seeds: tuple[int, int]  # (noisy, clean)
     need_loss: bool  # a fused backend may return the noisy loss map with its graph
+    group: Optional[object] = None  # process group of a distributed step, None when local
 
 
 @dataclass
@@ -120,8 +129,10 @@ def _jvp(p: _Problem, fused: bool = False) -> _MetaGrad:
     """Forward-mode meta gradient: one clean backward, one noisy forward-mode pass, no double backward."""
     params = _trainable(p.model)
     # 1. Clean gradient g = ∇L_c(θ), on cloned buffers so the clean pass leaves BN statistics alone.
-    clean_loss = _loss_map(p, params, p.clean, p.seeds[1]).mean()
-    g = torch.autograd.grad(clean_loss, list(params.values()), allow_unused=True)
+    clean_map = _loss_map(p, params, p.clean, p.seeds[1])
+    g = torch.autograd.grad(clean_map.mean(), list(params.values()), allow_unused=True)
+    if p.group is not None:  # the global clean gradient: pixel-count-weighted mean over ranks
+        g = average_gradients(list(g), clean_map.numel(), p.group)
     # 2. Noisy forward-mode pass with dual parameters (primal θ, tangent g); parameters g does not
     #    reach get no tangent. Same seed as the weighted update, so the same dropout mask.
     fused = fused and p.need_loss
@@ -198,26 +209,51 @@ def _validate(model: nn.Module, noisy: Batch, clean: Batch, lr: float, normalize
 
 
 def _meta_gradient(model: nn.Module, loss_fn: LossFn, noisy: Batch, clean: Batch, lr: float,
-                   backend: str = "jvp", need_loss: bool = False, normalize: str = "batch") -> tuple[_MetaGrad, _Problem]:
+                   backend: str = "jvp", need_loss: bool = False, normalize: str = "batch",
+                   process_group: GroupArg = None) -> tuple[_MetaGrad, _Problem]:
     """Validate, draw the two dropout seeds from the global generator and run one backend."""
     run = META_BACKENDS.get(backend)
+    group = resolve_group(process_group)
+    if group is not None and backend != "jvp":
+        raise ConfigError(f"the distributed meta step supports backend='jvp' only, got {backend!r}; "
+                          "pass process_group='local' for per-rank weights")
+    model = unwrap(model)  # DDP: the meta passes call the inner module functionally
     _validate(model, noisy, clean, lr, normalize)
     loss_fn = getattr(loss_fn, "per_pixel", loss_fn)  # noisyseg.losses objects: use their per-pixel map
-    p = _Problem(model, loss_fn, tuple(noisy), tuple(clean), float(lr), _draw_seeds(), need_loss)
+    p = _Problem(model, loss_fn, tuple(noisy), tuple(clean), float(lr), _draw_seeds(), need_loss, group)
     with torch.enable_grad():
         return run(p), p
 
 
-def _normalize(w: Tensor, mode: str) -> Tensor:
-    """``batch``: sum to 1 over the batch; ``image``: 1/B per image; ``none``: raw. Zero sums stay zero."""
+def _normalize(w: Tensor, mode: str, total: Optional[Tensor] = None, images: Optional[Tensor] = None) -> Tensor:
+    """``batch``: sum to 1 over the batch; ``image``: 1/B per image; ``none``: raw. Zero sums stay zero.
+
+    ``total`` / ``images``: the global Σ w̃ and image count of a distributed step (default: this batch's).
+    """
     if mode == "none":
         return w
-    total = w.sum() if mode == "batch" else w.flatten(1).sum(1).view(-1, *[1] * (w.ndim - 1)) * w.shape[0]
+    if mode == "batch":
+        total = w.sum() if total is None else total
+    else:
+        total = w.flatten(1).sum(1).view(-1, *[1] * (w.ndim - 1)) * (w.shape[0] if images is None else images)
     return w / torch.where(total > 0, total, torch.ones_like(total))  # no host sync; w == 0 where total == 0
 
 
+def _global_weights(u: Tensor, mode: str, group: object) -> tuple[Tensor, str, Tensor]:
+    """Distributed step 4: one all-reduce of [non-finite ranks, Σ w̃, images, pixels] makes the
+    normalisation and the status ("ok", "all_zero", "non_finite") global; returns the global pixel count too."""
+    w = (-u).clamp_min(0)
+    counts = torch.tensor([u.shape[0], u.numel()], dtype=torch.float64, device=u.device)
+    stats = torch.cat([torch.stack([(~torch.isfinite(u).all()).double(), w.sum().double()]), counts])
+    non_finite, total, images, pixels = all_reduce_sum(stats, group)
+    if bool(non_finite > 0):  # host sync, once per step; every rank takes the same branch
+        return torch.zeros_like(u), "non_finite", pixels
+    weights = _normalize(w, mode, total.to(u.dtype), images.to(u.dtype))
+    return weights, ("ok" if bool(total > 0) else "all_zero"), pixels
+
+
 def pixel_weights(model: nn.Module, loss_fn: LossFn, noisy: Batch, clean: Batch, lr: float,
-                  backend: str = "jvp", normalize: str = "batch") -> Tensor:
+                  backend: str = "jvp", normalize: str = "batch", process_group: GroupArg = None) -> Tensor:
     """Meta-learned per-pixel weights w (Mirikharaji et al. 2019) for the noisy batch, detached.
 
     Args:
@@ -229,11 +265,20 @@ def pixel_weights(model: nn.Module, loss_fn: LossFn, noisy: Batch, clean: Batch,
         lr: step size α of the virtual SGD step (the current learning rate in the paper).
         backend: a name in :data:`META_BACKENDS`.
         normalize: ``"batch"`` (sum 1 over the batch), ``"image"`` (1/B per image) or ``"none"`` (w̃).
+        process_group: None (auto: distributed when ``torch.distributed`` runs with world size > 1),
+            ``"local"`` (per-rank weights) or a ``ProcessGroup``. Distributed, this rank's slice of the
+            weights one process would give on all ranks' batches concatenated (``jvp`` only).
 
     Returns:
         Weights shaped like ``loss_fn``'s output. A non-finite meta gradient gives a warning and zeros.
     """
-    grad, _ = _meta_gradient(model, loss_fn, noisy, clean, lr, backend, normalize=normalize)
+    grad, p = _meta_gradient(model, loss_fn, noisy, clean, lr, backend, normalize=normalize,
+                             process_group=process_group)
+    if p.group is not None:
+        weights, status, _ = _global_weights(grad.u, normalize, p.group)
+        if status == "non_finite":
+            warnings.warn("non-finite meta gradient; returning zero pixel weights", RuntimeWarning, stacklevel=2)
+        return weights
     if not bool(torch.isfinite(grad.u).all()):
         warnings.warn("non-finite meta gradient; returning zero pixel weights", RuntimeWarning, stacklevel=2)
         return torch.zeros_like(grad.u)
@@ -244,7 +289,7 @@ def pixel_weights(model: nn.Module, loss_fn: LossFn, noisy: Batch, clean: Batch,
 class MetaResult:
     """One meta-reweighted step: ``loss`` is None when the step must be skipped (see ``status``)."""
 
-    loss: Optional[Tensor]  # scalar Σ_i w_i ℓ_i with graph, ready for .backward()
+    loss: Optional[Tensor]  # scalar Σ_i w_i ℓ_i with graph, ready for .backward() (× world size if distributed)
     weights: Tensor  # detached, shape of the loss map (all zero unless status == "ok")
     status: str  # "ok", "all_zero" or "non_finite"
 
@@ -260,29 +305,41 @@ class MetaReweightedLoss:
         loss_fn, lr, backend, normalize: as in :func:`pixel_weights`.
         zero_policy: with all-zero weights, ``"skip"`` the step (loss None) or use the ``"uniform"``
             mean loss.
+        process_group: as in :func:`pixel_weights`. Distributed, every rank skips or none does, and
+            ``loss`` is world size × this rank's share of the global weighted loss (uniform: of the
+            global mean), so DDP's averaged gradient is the single-process gradient on all ranks'
+            batches. Pass the DDP-wrapped model: meta passes use ``model.module``, the weighted
+            forward goes through DDP.
     """
 
     def __init__(self, loss_fn: LossFn, lr: float, backend: str = "jvp", normalize: str = "batch",
-                 zero_policy: str = "skip") -> None:
+                 zero_policy: str = "skip", process_group: GroupArg = None) -> None:
         META_BACKENDS.get(backend)
+        if resolve_group(process_group) is not None and backend != "jvp":  # fail early; auto is checked per call
+            raise ConfigError(f"the distributed meta step supports backend='jvp' only, got {backend!r}")
         if normalize not in NORMALIZE or zero_policy not in ZERO_POLICIES:
             raise MetaInputError(f"normalize={normalize!r} must be one of {NORMALIZE} and "
                                  f"zero_policy={zero_policy!r} one of {ZERO_POLICIES}")
         self.loss_fn, self.lr, self.backend = loss_fn, lr, backend
-        self.normalize, self.zero_policy = normalize, zero_policy
+        self.normalize, self.zero_policy, self.process_group = normalize, zero_policy, process_group
         self.counts = {"ok": 0, "all_zero": 0, "non_finite": 0}
 
     def __call__(self, model: nn.Module, noisy: Batch, clean: Batch, lr: Optional[float] = None) -> MetaResult:
         # 1-3. Meta gradient u from the backend (for jvp: clean gradient, forward-mode pass).
         grad, p = _meta_gradient(model, self.loss_fn, noisy, clean, self.lr if lr is None else lr,
-                                 self.backend, need_loss=True, normalize=self.normalize)
-        if not bool(torch.isfinite(grad.u).all()):  # host sync, once per step
+                                 self.backend, need_loss=True, normalize=self.normalize,
+                                 process_group=self.process_group)
+        if p.group is not None:  # 4. (distributed) global normalisation and status
+            weights, status, pixels = _global_weights(grad.u, self.normalize, p.group)
+        elif not bool(torch.isfinite(grad.u).all()):  # host sync, once per step
+            weights, status = torch.zeros_like(grad.u), "non_finite"
+        else:  # 4. Weights w̃ = max(−u, 0), normalised.
+            weights = _normalize((-grad.u).clamp_min(0), self.normalize)
+            status = "ok" if bool(weights.any()) else "all_zero"
+        if status == "non_finite":
             self.counts["non_finite"] += 1
             warnings.warn("non-finite meta gradient; skipping this step", RuntimeWarning, stacklevel=2)
-            return MetaResult(None, torch.zeros_like(grad.u), "non_finite")
-        # 4. Weights w̃ = max(−u, 0), normalised.
-        weights = _normalize((-grad.u).clamp_min(0), self.normalize)
-        status = "ok" if bool(weights.any()) else "all_zero"
+            return MetaResult(None, weights, "non_finite")
         self.counts[status] += 1
         if status == "all_zero" and self.zero_policy == "skip":
             return MetaResult(None, weights, status)
@@ -293,7 +350,10 @@ class MetaReweightedLoss:
                 losses = _check_map(p.loss_fn(model(noisy[0]), noisy[1]), noisy[0].shape[0])
         elif grad.buffers:  # fused pass ran on cloned buffers: commit its BN statistics once
             with torch.no_grad():
-                for name, buf in model.named_buffers():
+                for name, buf in unwrap(model).named_buffers():
                     buf.copy_(grad.buffers[name])
         loss = losses.mean() if status == "all_zero" else (weights * losses).sum()
+        if p.group is not None:  # DDP averages over ranks: scale so the average is the global gradient
+            n = world_size(p.group)
+            loss = losses.sum() * (n / pixels.to(losses.dtype)) if status == "all_zero" else loss * n
         return MetaResult(loss, weights, status)

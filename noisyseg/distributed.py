@@ -1,0 +1,78 @@
+"""Collectives for the distributed meta step (``noisyseg.meta`` with ``process_group``).
+
+N processes, each with a slice of the noisy and of the clean batch, give the weights one process
+would give on the concatenated batches when (i) the clean gradient g is the *global* one and (ii)
+``normalize="batch"`` divides by the global Σ w̃ (``"image"`` by the global image count). The
+clean loss is a mean over the clean loss map, so the global g is the pixel-count-weighted mean of the
+per-rank gradients: unequal per-rank batch sizes are handled, no equal-batch assumption.
+
+What stays per rank (and so differs from one process on the concatenated batch): BatchNorm batch
+statistics in train mode and dropout masks. Exact agreement needs a model without BatchNorm (e.g.
+``norm="group"``) or in eval mode, and no dropout; SyncBatchNorm would give global statistics, but its
+custom autograd function has no forward-mode rule, so the ``jvp`` backend cannot run through it.
+"""
+from __future__ import annotations
+
+from typing import Any, Optional, Union
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+
+LOCAL = "local"  # process_group value that turns the distributed meta step off
+GroupArg = Union[None, str, Any]  # None (auto), "local", or a torch.distributed ProcessGroup
+
+
+def resolve_group(process_group: GroupArg = None) -> Optional[Any]:
+    """The group the meta step reduces over, or None for a local (single-process) step.
+
+    ``None`` (auto): the default group when ``torch.distributed`` is initialised with world size > 1;
+    ``"local"``: no reduction (per-rank weights); a ``ProcessGroup``: that group, whatever its size.
+    """
+    if isinstance(process_group, str):
+        if process_group != LOCAL:
+            from noisyseg.errors import ConfigError
+            raise ConfigError(f"process_group={process_group!r}: pass None (auto), {LOCAL!r} or a ProcessGroup")
+        return None
+    if process_group is not None:
+        return process_group
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        return dist.group.WORLD
+    return None
+
+
+def world_size(group: Any) -> int:
+    return dist.get_world_size(group)
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The module inside ``DistributedDataParallel``: meta passes call it functionally, bypassing DDP's hooks."""
+    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+
+
+def all_reduce_sum(t: Tensor, group: Any) -> Tensor:
+    dist.all_reduce(t, op=dist.ReduceOp.SUM, group=group)
+    return t
+
+
+def average_gradients(grads: list[Optional[Tensor]], count: int, group: Any) -> list[Optional[Tensor]]:
+    """Count-weighted mean over ranks, Σ_r n_r g_r / Σ_r n_r, in one all-reduce.
+
+    ``count`` is this rank's n_r (pixels in its clean loss map). None entries (parameters the loss does
+    not reach) must be None on every rank, which holds for the same model on every rank. The count
+    travels in the gradients' dtype: exact in float64, and in float32 up to 2**24 pixels in all.
+    """
+    present = [t for t in grads if t is not None]
+    if not present:
+        return grads
+    flat = torch.cat([t.reshape(-1) * count for t in present] + [present[0].new_full((1,), count)])
+    all_reduce_sum(flat, group)
+    flat = flat[:-1] / flat[-1]
+    out, offset = [], 0
+    for t in grads:
+        if t is None:
+            out.append(None)
+            continue
+        out.append(flat[offset:offset + t.numel()].view_as(t))
+        offset += t.numel()
+    return out
