@@ -1,6 +1,7 @@
 """Checkpoints and result files: plain dicts/JSON, written atomically, loaded without executing code."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from pathlib import Path
@@ -11,14 +12,35 @@ import torch
 from noisyseg.errors import NoisysegError
 
 
+def prepare_run_dir(path: str | Path) -> Path:
+    """Create the output folder ``path`` and check that a file can be written in it.
+
+    Raises:
+        NoisysegError: the folder cannot be created or written (a parent is a file, read-only, ...).
+    """
+    path = Path(path)
+    probe = path / f".write-test.{os.getpid()}"
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe.touch()
+        probe.unlink()
+    except OSError as err:
+        raise NoisysegError(f"{path}: cannot write to the output folder ({err.strerror or err})") from None
+    return path
+
+
 def _atomic(path: Path, write) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         write(tmp)
         os.replace(tmp, path)  # the old file stays intact until the new one is complete
+    except (OSError, RuntimeError) as err:  # torch reports a failed write (disk full, ...) as RuntimeError
+        raise NoisysegError(f"{path}: cannot write ({type(err).__name__}: {err}); "
+                            f"the previous version of the file, if any, is kept") from err
     finally:
-        tmp.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # also when Ctrl-C interrupts the write
+            tmp.unlink(missing_ok=True)
 
 
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:

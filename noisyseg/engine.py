@@ -19,7 +19,7 @@ from noisyseg.metrics import score
 
 
 class TrainingDiverged(NoisysegError):
-    """The loss became NaN or inf."""
+    """The loss became NaN or inf; nothing of the diverged epoch is saved."""
 
 
 def resolve_device(name: str) -> torch.device:
@@ -86,7 +86,7 @@ class Trainer:
         sums: dict[str, float] = {}
         done = 0
         bar = tqdm(range(self.steps_per_epoch), desc=f"epoch {epoch}", leave=False, disable=not self.progress)
-        for _ in bar:
+        for i in bar:
             batches = {name: to_device(next(it), self.device) for name, it in iterators.items()}
             lr = self.optimizer.param_groups[0]["lr"]
             self.optimizer.zero_grad(set_to_none=True)
@@ -98,7 +98,8 @@ class Trainer:
                 continue
             loss = out.loss.item()  # a CPU-GPU sync point, but the divergence check needs it
             if not math.isfinite(loss):
-                raise TrainingDiverged(f"loss became {loss} at epoch {epoch}; the last checkpoint is kept")
+                raise TrainingDiverged(f"loss became {loss} at epoch {epoch}, step {i + 1}/{self.steps_per_epoch} "
+                                       f"(global step {self.counters['steps'] + 1})")
             out.loss.backward()
             if self.grad_clip:
                 torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)

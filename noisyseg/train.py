@@ -13,16 +13,17 @@ from typing import Any, Callable
 import cv2
 import numpy as np
 import torch
+from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from noisyseg.checkpoint import load_checkpoint, save_checkpoint, write_json
+from noisyseg.checkpoint import load_checkpoint, prepare_run_dir, save_checkpoint, write_json
 from noisyseg.data.cache import load_arrays
 from noisyseg.data.dataset import SegmentationDataset
 from noisyseg.data.sources import build_source
 from noisyseg.data.splits import load_manifest, make_splits, save_manifest
 from noisyseg.data.transforms import build_transform
-from noisyseg.engine import Trainer, evaluate, resolve_device
+from noisyseg.engine import Trainer, TrainingDiverged, evaluate, resolve_device
 from noisyseg.errors import ConfigError, DataError, NoisysegError
 from noisyseg.losses import build_loss
 from noisyseg.methods import build_method
@@ -31,6 +32,7 @@ from noisyseg.models import build_model
 from noisyseg.noise import MaskNoise, realised_dice
 from noisyseg.optim import build_optimizer
 from noisyseg.runlog import RunLog, denormalise, image_grid
+from noisyseg.schema import check_command_line, validate  # also registers the config schemas with Hydra
 
 CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 CHECKPOINT_FORMAT = 1
@@ -151,9 +153,15 @@ def _restore(cfg: DictConfig, path: Path, trainer: Trainer) -> tuple[int, dict, 
     return state["epoch"] + 1, state["best"], state["history"]
 
 
+def _kept(run_dir: Path, epoch: int) -> str:
+    """What a stopped run leaves behind: ``last.pt`` of its last complete epoch (-1: none yet)."""
+    return f"{run_dir / 'last.pt'} from epoch {epoch} is kept" if epoch >= 0 else "no checkpoint was written yet"
+
+
 def train(cfg: DictConfig | dict, run_dir: str | Path | None = None) -> dict[str, Any]:
     """Train and test one model as configured; write everything to ``run_dir``; return the results."""
     cfg = cfg if isinstance(cfg, DictConfig) else OmegaConf.create(cfg)
+    validate(cfg)  # unknown keys and out-of-range values, before any work
     run_dir = Path(cfg.resume or run_dir or "runs/latest")
     if cfg.get("reuse") and not cfg.resume:  # sweeps: never recompute a finished cell
         if (run_dir / "results.json").exists():
@@ -161,7 +169,7 @@ def train(cfg: DictConfig | dict, run_dir: str | Path | None = None) -> dict[str
         if (run_dir / "last.pt").exists():
             cfg = cfg.copy()
             cfg.resume = str(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    prepare_run_dir(run_dir)  # an unwritable folder fails here, naming it
     device = resolve_device(cfg.device)
     if cfg.get("threads"):
         torch.set_num_threads(cfg.threads)  # e.g. 1 per job when sweep cells run in parallel
@@ -187,6 +195,7 @@ def train(cfg: DictConfig | dict, run_dir: str | Path | None = None) -> dict[str
 
     log = RunLog(run_dir, cfg.trainer.tensorboard)
     resolved = OmegaConf.to_container(cfg, resolve=True)
+    epoch, saved = start_epoch, start_epoch - 1  # saved: the epoch that last.pt holds
     try:
         for epoch in range(start_epoch, cfg.trainer.epochs):
             logs = trainer.train_epoch(epoch)
@@ -201,6 +210,13 @@ def train(cfg: DictConfig | dict, run_dir: str | Path | None = None) -> dict[str
                 best = {"dice": val["dice"], "epoch": epoch, "val": val}
                 save_checkpoint(run_dir / "best.pt", {"model": model.state_dict(), "epoch": epoch, "config": resolved})
             save_checkpoint(run_dir / "last.pt", _training_state(trainer, epoch, best, history, resolved))
+            saved = epoch
+    except TrainingDiverged as err:  # resuming would replay the same steps: a new run needs a new config
+        raise TrainingDiverged(f"{err}; {_kept(run_dir, saved)}; lower optim.lr or set trainer.grad_clip") from None
+    except KeyboardInterrupt:  # checkpoints are written atomically: last.pt holds the last complete epoch
+        hint = f"; resume with resume={run_dir}" if saved >= 0 else "; run again to start over"
+        print(f"interrupted at epoch {epoch}; {_kept(run_dir, saved)}{hint}", file=sys.stderr)
+        raise
     finally:
         log.close()
 
@@ -231,6 +247,25 @@ def _run_dir(resume: str | None, default: str) -> str:
 OmegaConf.register_new_resolver("noisyseg_run_dir", _run_dir, replace=True)
 
 
+class CheckOutputDir(Callback):
+    """Hydra callback (``hydra.callbacks`` in ``conf/train.yaml``): an output folder that cannot be
+    written fails with ``error: ...`` and status 2 before Hydra itself tries to create it."""
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        _writable_or_exit(config.hydra.run.dir)
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        _writable_or_exit(config.hydra.sweep.dir)
+
+
+def _writable_or_exit(path: str) -> None:
+    try:
+        prepare_run_dir(path)
+    except NoisysegError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+
+
 def hydra_main(config_name: str, run: Callable[[DictConfig, str], dict], summary: Callable[[dict], dict]) -> None:
     """Call ``run(cfg, run_dir)`` under Hydra with ``conf/<config_name>.yaml``; print ``summary(results)``
     as JSON. Configuration and data errors print ``error: ...`` and exit with status 2."""
@@ -245,8 +280,20 @@ def hydra_main(config_name: str, run: Callable[[DictConfig, str], dict], summary
         except (NoisysegError, OmegaConfBaseException) as err:
             print(f"error: {err}", file=sys.stderr)
             sys.exit(2)
+        except KeyboardInterrupt:
+            sys.exit(130)  # train() has printed where it stopped and how to resume
         print(json.dumps({"run_dir": run_dir, **summary(results)}, indent=2))
 
+    from hydra._internal.utils import get_args_parser  # Hydra's own command-line parser
+
+    args = get_args_parser().parse_args()
+    if not (args.config_path or args.config_dir or args.cfg or args.help or args.hydra_help or args.info
+            or args.shell_completion or args.experimental_rerun):
+        try:  # before Hydra creates a run folder: a typo names the valid keys, a bad value its range
+            check_command_line(CONFIG_DIR, args.config_name or config_name, args.overrides)
+        except (NoisysegError, OmegaConfBaseException) as err:
+            print(f"error: {err}", file=sys.stderr)
+            sys.exit(2)
     _main()
 
 

@@ -23,6 +23,7 @@ metrics) is all a resumed run needs to end with the same result as an uninterrup
 from __future__ import annotations
 
 import json
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,7 +38,7 @@ from noisyseg.active.oracle import OracleLog, SimulatedOracle
 from noisyseg.active.pseudo import PseudoPolicy, build_pseudo_policy
 from noisyseg.active.samplers import Sampler, UncertaintySampler, build_sampler, score_pool
 from noisyseg.active.scores import pixel_uncertainty
-from noisyseg.checkpoint import load_checkpoint, save_checkpoint, write_json
+from noisyseg.checkpoint import load_checkpoint, prepare_run_dir, save_checkpoint, write_json
 from noisyseg.data.cache import load_arrays
 from noisyseg.data.dataset import SegmentationDataset, to_tensor
 from noisyseg.data.sources import build_source
@@ -50,6 +51,7 @@ from noisyseg.metrics import score
 from noisyseg.models import build_model
 from noisyseg.optim import build_optimizer
 from noisyseg.runlog import RunLog, image_grid
+from noisyseg.schema import validate
 from noisyseg.train import node_kwargs, build_noise, build_streams, check_resume, hydra_main
 
 STATE_FORMAT = 1
@@ -296,6 +298,9 @@ class ActiveLoop:
                     break  # every image is labeled: stop cleanly
                 self._round(round_)
                 self._save(log)
+        except KeyboardInterrupt:  # state.pt (atomic) holds the last complete round
+            print(f"interrupted in round {len(self.history)}; resume with resume={self.run_dir}", file=sys.stderr)
+            raise
         finally:
             log.close()
         stopped = "rounds" if len(self.history) == self.rounds + 1 else "pool exhausted"
@@ -313,13 +318,14 @@ class ActiveLoop:
 def run_active(cfg: DictConfig | dict, run_dir: str | Path | None = None) -> dict[str, Any]:
     """Run (or resume) the active-learning loop as configured; write everything to ``run_dir``; return the results."""
     cfg = cfg if isinstance(cfg, DictConfig) else OmegaConf.create(cfg)
+    validate(cfg)  # unknown keys and out-of-range values, before any work
     run_dir = Path(cfg.resume or run_dir or "runs/active")
     if cfg.get("reuse") and (run_dir / "results.json").exists():  # sweeps: never recompute a finished cell
         return json.loads((run_dir / "results.json").read_text())
     if (run_dir / "state.pt").exists() and not (cfg.resume or cfg.get("reuse")):
         raise ConfigError(f"{run_dir} already holds an active-learning run; pass resume={run_dir} to continue it, "
                           f"or choose another folder")
-    run_dir.mkdir(parents=True, exist_ok=True)
+    prepare_run_dir(run_dir)
     if cfg.get("threads"):
         torch.set_num_threads(cfg.threads)
     return ActiveLoop(cfg, run_dir).run()
