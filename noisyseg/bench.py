@@ -39,6 +39,7 @@ from noisyseg.meta import META_BACKENDS, MetaReweightedLoss
 from noisyseg.models import UNet
 
 LR = 0.01
+APPROXIMATIONS = ["jvp[head]", "jvp_fused[head]"]  # meta.params=[head]: a virtual step on the output layer only
 TARGETS = {"jvp_ratio_max": 2.5, "higher_over_jvp_min": 2.5, "jvp_mem_ratio_max": 1.5}
 
 
@@ -78,7 +79,9 @@ def _make_step(method: str, model: torch.nn.Module, noisy, clean) -> Callable[[]
             loss_fn(model(noisy[0]), noisy[1]).backward()
             opt.step()
         return step
-    meta = MetaReweightedLoss(loss_fn, LR, backend=method, zero_policy="uniform")  # always a backward
+    backend, _, restricted = method.partition("[")  # "jvp[head]": the virtual step moves only the head
+    params = restricted.rstrip("]").split("+") if restricted else None
+    meta = MetaReweightedLoss(loss_fn, LR, backend=backend, zero_policy="uniform", params=params)  # always a backward
 
     def step() -> None:
         opt.zero_grad(set_to_none=True)
@@ -175,10 +178,10 @@ def _compare(args, methods, size, batch, device, repeats, warmup) -> dict:
 
 def _table(run: dict) -> str:
     lines = [f"{run['size']}x{run['size']}, batch {run['batch']} noisy + {run['batch']} clean",
-             f"{'method':<10} {'wall s':>8} {'x plain':>8} {'cpu s':>8} {'x plain':>8} {'peak MB':>9} {'x plain':>8}"]
+             f"{'method':<16} {'wall s':>8} {'x plain':>8} {'cpu s':>8} {'x plain':>8} {'peak MB':>9} {'x plain':>8}"]
     for m, r in run["results"].items():
         mem = f"{r['peak_mb']:>9.0f} {r['mem_ratio'] or float('nan'):>8.2f}" if "peak_mb" in r else f"{'-':>9} {'-':>8}"
-        lines.append(f"{m:<10} {r['wall_s']:>8.3f} {r['ratio']:>8.2f} {r['cpu_s']:>8.3f} {r['cpu_ratio']:>8.2f} {mem}")
+        lines.append(f"{m:<16} {r['wall_s']:>8.3f} {r['ratio']:>8.2f} {r['cpu_s']:>8.3f} {r['cpu_ratio']:>8.2f} {mem}")
     return "\n".join(lines)
 
 
@@ -221,9 +224,9 @@ def _plot(runs: list[dict], args, path: str) -> None:
 
 def meta_main(args: argparse.Namespace) -> dict:
     device = _device(args.device)
-    methods = ["plain"] + (args.backends.split(",") if args.backends else META_BACKENDS.names())
+    methods = ["plain"] + (args.backends.split(",") if args.backends else META_BACKENDS.names() + APPROXIMATIONS)
     for m in methods[1:]:
-        META_BACKENDS.get(m)
+        META_BACKENDS.get(m.partition("[")[0])
     warnings.filterwarnings("ignore", message=".*torch.jit.*", category=DeprecationWarning)
     report = {"device": str(device), "threads": torch.get_num_threads(), "torch": torch.__version__,
               "config": {k: v for k, v in vars(args).items() if k != "func"}, "targets": TARGETS}
@@ -330,7 +333,8 @@ def main(argv: list[str] | None = None) -> None:
     _common(p)
     p.add_argument("--repeats", type=int, default=10, help="timed rounds (median), after --warmup rounds")
     p.add_argument("--warmup", type=int, default=2)
-    p.add_argument("--backends", default="", help="comma-separated meta backends (default: all registered)")
+    p.add_argument("--backends", default="", help="comma-separated meta backends, 'backend[p1+p2]' for a virtual step "
+                   "on parameters p1, p2 only (default: all registered, plus jvp[head] and jvp_fused[head])")
     p.add_argument("--scaling", action="store_true", help="also sizes 64/128/256 and batches 4/8/16, plotted")
     p.add_argument("--scaling-repeats", type=int, default=3, help="timed rounds per scaling point")
     p.add_argument("--plot", default="bench_meta_scaling.png", help="PNG for --scaling")

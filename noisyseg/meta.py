@@ -41,7 +41,7 @@ from __future__ import annotations
 import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Callable, Iterator, Optional
+from typing import Callable, Iterator, Optional, Sequence
 
 import torch
 import torch.autograd.forward_ad as fwAD
@@ -73,6 +73,7 @@ class _Problem:
     seeds: tuple[int, int]  # (noisy, clean)
     need_loss: bool  # a fused backend may return the noisy loss map with its graph
     group: Optional[object] = None  # process group of a distributed step, None when local
+    params: Optional[tuple[str, ...]] = None  # names/prefixes the virtual step moves; None: all (exact)
 
 
 @dataclass
@@ -102,6 +103,18 @@ def _trainable(model: nn.Module) -> dict[str, Tensor]:
     return {n: p for n, p in model.named_parameters() if p.requires_grad}
 
 
+def _stepped(p: _Problem, params: dict[str, Tensor]) -> dict[str, Tensor]:
+    """The parameters the virtual step moves: all, or those named by ``p.params`` (a name or a prefix of
+    dotted names, e.g. ``"head"``). Fewer parameters make the meta step cheaper and approximate."""
+    if p.params is None:
+        return params
+    chosen = {n: w for n, w in params.items() if any(n == q or n.startswith(q + ".") for q in p.params)}
+    if not chosen:
+        raise MetaInputError(f"meta params {list(p.params)} match no trainable parameter; "
+                             f"names look like {list(params)[-3:]}")
+    return chosen
+
+
 def _buffers(model: nn.Module) -> dict[str, Tensor]:
     return {n: b.clone() for n, b in model.named_buffers()}
 
@@ -128,18 +141,21 @@ def _check_map(losses: Tensor, batch_size: int) -> Tensor:
 def _jvp(p: _Problem, fused: bool = False) -> _MetaGrad:
     """Forward-mode meta gradient: one clean backward, one noisy forward-mode pass, no double backward."""
     params = _trainable(p.model)
+    moved = _stepped(p, params)
     # 1. Clean gradient g = ∇L_c(θ), on cloned buffers so the clean pass leaves BN statistics alone.
     clean_map = _loss_map(p, params, p.clean, p.seeds[1])
-    g = torch.autograd.grad(clean_map.mean(), list(params.values()), allow_unused=True)
+    g = torch.autograd.grad(clean_map.mean(), list(moved.values()), allow_unused=True)
     if p.group is not None:  # the global clean gradient: pixel-count-weighted mean over ranks
         g = average_gradients(list(g), clean_map.numel(), p.group)
+    tangents = dict(zip(moved, g))
     # 2. Noisy forward-mode pass with dual parameters (primal θ, tangent g); parameters g does not
-    #    reach get no tangent. Same seed as the weighted update, so the same dropout mask.
+    #    reach (or the virtual step does not move) get no tangent. Same seed as the weighted update,
+    #    so the same dropout mask.
     fused = fused and p.need_loss
     buffers = _buffers(p.model)
     with torch.set_grad_enabled(fused), fwAD.dual_level():
-        dual = {n: fwAD.make_dual(w if fused else w.detach(), t) if t is not None else w.detach()
-                for (n, w), t in zip(params.items(), g)}
+        dual = {n: fwAD.make_dual(w if fused else w.detach(), tangents[n]) if tangents.get(n) is not None
+                else (w if fused else w.detach()) for n, w in params.items()}
         losses, tangent = fwAD.unpack_dual(_loss_map(p, dual, p.noisy, p.seeds[0], buffers))
     # 3. The tangent of ℓ_i along g is ⟨∇ℓ_i, g⟩, hence u_i = −α ⟨∇ℓ_i, g⟩.
     u = torch.zeros_like(losses) if tangent is None else -p.lr * tangent.detach()
@@ -157,6 +173,8 @@ def _higher(p: _Problem) -> _MetaGrad:
     """Literal L2RW step with ``higher`` (reference): differentiable inner SGD step on Σ ε_i ℓ_i."""
     import higher  # optional dependency of the reference backend only
 
+    if p.params is not None:
+        raise MetaInputError("meta params (a virtual step on some parameters) needs backend jvp, jvp_fused or autograd")
     sgd = torch.optim.SGD(list(_trainable(p.model).values()), lr=p.lr)
     # higher clones the parameters (copy_initial_weights=False keeps them on the tape) and buffers.
     with higher.innerloop_ctx(p.model, sgd, copy_initial_weights=False) as (fmodel, diffopt):
@@ -174,10 +192,11 @@ def _higher(p: _Problem) -> _MetaGrad:
 def _autograd(p: _Problem) -> _MetaGrad:
     """Literal L2RW step with ``torch.func.functional_call`` and ``autograd.grad(create_graph=True)``."""
     params = _trainable(p.model)
+    moved = _stepped(p, params)
     losses = _loss_map(p, params, p.noisy, p.seeds[0])
     eps = torch.zeros_like(losses, requires_grad=True)
-    grads = torch.autograd.grad((eps * losses).sum(), list(params.values()), create_graph=True, allow_unused=True)
-    stepped = {n: w if gw is None else w - p.lr * gw for (n, w), gw in zip(params.items(), grads)}
+    grads = torch.autograd.grad((eps * losses).sum(), list(moved.values()), create_graph=True, allow_unused=True)
+    stepped = {**params, **{n: w if gw is None else w - p.lr * gw for (n, w), gw in zip(moved.items(), grads)}}
     clean_loss = _loss_map(p, stepped, p.clean, p.seeds[1]).mean()
     (u,) = torch.autograd.grad(clean_loss, eps, allow_unused=True)
     return _MetaGrad(torch.zeros_like(eps) if u is None else u.detach())
@@ -210,7 +229,7 @@ def _validate(model: nn.Module, noisy: Batch, clean: Batch, lr: float, normalize
 
 def _meta_gradient(model: nn.Module, loss_fn: LossFn, noisy: Batch, clean: Batch, lr: float,
                    backend: str = "jvp", need_loss: bool = False, normalize: str = "batch",
-                   process_group: GroupArg = None) -> tuple[_MetaGrad, _Problem]:
+                   process_group: GroupArg = None, params: Optional[Sequence[str]] = None) -> tuple[_MetaGrad, _Problem]:
     """Validate, draw the two dropout seeds from the global generator and run one backend."""
     run = META_BACKENDS.get(backend)
     group = resolve_group(process_group)
@@ -220,7 +239,8 @@ def _meta_gradient(model: nn.Module, loss_fn: LossFn, noisy: Batch, clean: Batch
     model = unwrap(model)  # DDP: the meta passes call the inner module functionally
     _validate(model, noisy, clean, lr, normalize)
     loss_fn = getattr(loss_fn, "per_pixel", loss_fn)  # noisyseg.losses objects: use their per-pixel map
-    p = _Problem(model, loss_fn, tuple(noisy), tuple(clean), float(lr), _draw_seeds(), need_loss, group)
+    p = _Problem(model, loss_fn, tuple(noisy), tuple(clean), float(lr), _draw_seeds(), need_loss, group,
+                 None if params is None else tuple([params] if isinstance(params, str) else params))
     with torch.enable_grad():
         return run(p), p
 
@@ -253,7 +273,8 @@ def _global_weights(u: Tensor, mode: str, group: object) -> tuple[Tensor, str, T
 
 
 def pixel_weights(model: nn.Module, loss_fn: LossFn, noisy: Batch, clean: Batch, lr: float,
-                  backend: str = "jvp", normalize: str = "batch", process_group: GroupArg = None) -> Tensor:
+                  backend: str = "jvp", normalize: str = "batch", process_group: GroupArg = None,
+                  params: Optional[Sequence[str]] = None) -> Tensor:
     """Meta-learned per-pixel weights w (Mirikharaji et al. 2019) for the noisy batch, detached.
 
     Args:
@@ -268,12 +289,15 @@ def pixel_weights(model: nn.Module, loss_fn: LossFn, noisy: Batch, clean: Batch,
         process_group: None (auto: distributed when ``torch.distributed`` runs with world size > 1),
             ``"local"`` (per-rank weights) or a ``ProcessGroup``. Distributed, this rank's slice of the
             weights one process would give on all ranks' batches concatenated (``jvp`` only).
+        params: None (the exact method: the virtual step moves every parameter) or names / dotted-name
+            prefixes of the parameters it moves, e.g. ``["head"]``: a cheaper approximation, exact for
+            a virtual step restricted to those parameters (``jvp``, ``jvp_fused``, ``autograd``).
 
     Returns:
         Weights shaped like ``loss_fn``'s output. A non-finite meta gradient gives a warning and zeros.
     """
     grad, p = _meta_gradient(model, loss_fn, noisy, clean, lr, backend, normalize=normalize,
-                             process_group=process_group)
+                             process_group=process_group, params=params)
     if p.group is not None:
         weights, status, _ = _global_weights(grad.u, normalize, p.group)
         if status == "non_finite":
@@ -302,7 +326,7 @@ class MetaReweightedLoss:
     buffers, so BN running statistics update once per step. ``counts`` tallies the statuses.
 
     Args:
-        loss_fn, lr, backend, normalize: as in :func:`pixel_weights`.
+        loss_fn, lr, backend, normalize, params: as in :func:`pixel_weights`.
         zero_policy: with all-zero weights, ``"skip"`` the step (loss None) or use the ``"uniform"``
             mean loss.
         process_group: as in :func:`pixel_weights`. Distributed, every rank skips or none does, and
@@ -313,7 +337,8 @@ class MetaReweightedLoss:
     """
 
     def __init__(self, loss_fn: LossFn, lr: float, backend: str = "jvp", normalize: str = "batch",
-                 zero_policy: str = "skip", process_group: GroupArg = None) -> None:
+                 zero_policy: str = "skip", process_group: GroupArg = None,
+                 params: Optional[Sequence[str]] = None) -> None:
         META_BACKENDS.get(backend)
         if resolve_group(process_group) is not None and backend != "jvp":  # fail early; auto is checked per call
             raise ConfigError(f"the distributed meta step supports backend='jvp' only, got {backend!r}")
@@ -322,13 +347,14 @@ class MetaReweightedLoss:
                                  f"zero_policy={zero_policy!r} one of {ZERO_POLICIES}")
         self.loss_fn, self.lr, self.backend = loss_fn, lr, backend
         self.normalize, self.zero_policy, self.process_group = normalize, zero_policy, process_group
+        self.params = params
         self.counts = {"ok": 0, "all_zero": 0, "non_finite": 0}
 
     def __call__(self, model: nn.Module, noisy: Batch, clean: Batch, lr: Optional[float] = None) -> MetaResult:
         # 1-3. Meta gradient u from the backend (for jvp: clean gradient, forward-mode pass).
         grad, p = _meta_gradient(model, self.loss_fn, noisy, clean, self.lr if lr is None else lr,
                                  self.backend, need_loss=True, normalize=self.normalize,
-                                 process_group=self.process_group)
+                                 process_group=self.process_group, params=self.params)
         if p.group is not None:  # 4. (distributed) global normalisation and status
             weights, status, pixels = _global_weights(grad.u, self.normalize, p.group)
         elif not bool(torch.isfinite(grad.u).all()):  # host sync, once per step

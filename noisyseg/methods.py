@@ -99,12 +99,13 @@ class MetaReweighted(Method):
     streams = {"noisy": ("noisy",), "clean": ("clean",)}
 
     def __init__(self, loss: PixelLoss, backend: str = "jvp", lr: float | None = None, clean_batch_size: int = 16,
-                 normalize: str = "batch", zero_policy: str = "skip", clean_loss_weight: float = 0.0) -> None:
+                 normalize: str = "batch", zero_policy: str = "skip", clean_loss_weight: float = 0.0,
+                 params: list[str] | None = None) -> None:
         from noisyseg.meta import MetaReweightedLoss  # keeps `import noisyseg.methods` light
 
         super().__init__(loss)
         self.meta_lr, self.clean_batch_size, self.clean_loss_weight = lr, clean_batch_size, clean_loss_weight
-        self.meta_loss = MetaReweightedLoss(loss.per_pixel, lr or 0.0, backend, normalize, zero_policy)
+        self.meta_loss = MetaReweightedLoss(loss.per_pixel, lr or 0.0, backend, normalize, zero_policy, params=params)
         self.last: dict[str, torch.Tensor] = {}
 
     def batch_sizes(self, batch_size: int) -> dict[str, int]:

@@ -96,6 +96,7 @@ class MetaConfig:
     normalize: str = MISSING
     zero_policy: str = MISSING
     clean_loss_weight: float = MISSING
+    params: Optional[List[str]] = MISSING
 
 
 # The root is a dict of typed nodes, not a dataclass: experiment files for python -m noisyseg.active add

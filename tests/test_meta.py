@@ -269,3 +269,42 @@ def test_bad_input():
     with pytest.raises(MetaInputError, match="lr"):
         pixel_weights(model, BCELoss(), noisy, (images, masks), 0.0)
     assert issubclass(MetaInputError, NoisysegError) and issubclass(MetaInputError, ValueError)
+
+
+@pytest.mark.parametrize("params", [["head"], ["ups.1", "head"]])
+def test_virtual_step_on_some_parameters_matches_its_reference(params):
+    """``params``: the virtual step moves only those parameters; jvp, jvp_fused and double backward agree."""
+    model = tiny_unet()
+    noisy, clean = batches()
+    torch.manual_seed(7)
+    ref = pixel_weights(model, BCEDiceLoss(), noisy, clean, LR, backend="autograd", params=params)
+    for backend in ("jvp", "jvp_fused"):
+        torch.manual_seed(7)
+        w = pixel_weights(model, BCEDiceLoss(), noisy, clean, LR, backend=backend, params=params)
+        assert (w - ref).abs().max() <= 1e-10, backend
+    torch.manual_seed(7)
+    exact = pixel_weights(model, BCEDiceLoss(), noisy, clean, LR)
+    assert (exact - ref).abs().max() > 1e-6  # an approximation: not the exact weights
+
+
+def test_virtual_step_on_some_parameters_trains_every_parameter():
+    m1, m2 = tiny_unet(), tiny_unet()
+    noisy, clean = batches()
+    torch.manual_seed(5)
+    result = MetaReweightedLoss(BCELoss(), LR, backend="jvp_fused", params=["head"])(m1, noisy, clean)
+    result.loss.backward()
+    torch.manual_seed(5)
+    noisy_seed, _ = meta._draw_seeds()
+    with meta._seeded(noisy_seed, noisy[0].device):
+        (result.weights * BCELoss().per_pixel(m2(noisy[0]), noisy[1])).sum().backward()
+    for (n, p1), p2 in zip(m1.named_parameters(), m2.parameters()):
+        assert torch.allclose(p1.grad, p2.grad, rtol=1e-10, atol=1e-14), n
+
+
+def test_virtual_step_parameters_must_exist_and_need_a_capable_backend():
+    model = tiny_unet()
+    noisy, clean = batches()
+    with pytest.raises(MetaInputError, match="match no trainable parameter"):
+        pixel_weights(model, BCELoss(), noisy, clean, LR, params=["decoder_head"])
+    with pytest.raises(MetaInputError, match="needs backend"):
+        pixel_weights(model, BCELoss(), noisy, clean, LR, backend="higher", params=["head"])
