@@ -17,7 +17,7 @@ import numpy as np
 from noisyseg.sweep import errorbar_plot, load_results, ordered, summarise, write_csv
 
 METRICS = ("dice", "jaccard")
-ORDER = ["random", "entropy", "bald", "ceal", "ceal_meta", "ceal_head", "full"]
+ORDER = ["random", "entropy", "bald", "ceal", "ceal_meta", "ceal_meta_only", "ceal_head", "full"]
 
 
 def collect(root: Path) -> list[dict]:
@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> None:
     full = [s for s in summary if s["label"] == "full"]
     errorbar_plot([s for s in summary if s["label"] != "full"], "labeled", "dice", args.root / "dice_vs_labels.png",
                   order=[o for o in order if o != "full"], title=args.root.name, xlabel="oracle-labeled images",
-                  ylabel="test Dice", dashed=["ceal_meta", "ceal_head"],
+                  ylabel="test Dice", dashed=["ceal_meta", "ceal_meta_only", "ceal_head"],
                   lines={f"full supervision ({full[0]['labeled']} images)": full[0]["dice_mean"]} if full else None)
     print((args.root / "summary.md").read_text())
 
