@@ -76,3 +76,54 @@ def average_gradients(grads: list[Optional[Tensor]], count: int, group: Any) -> 
         out.append(flat[offset:offset + t.numel()].view_as(t))
         offset += t.numel()
     return out
+
+
+# -- data-parallel training under torchrun --------------------------------------------------------
+
+def setup(device: str) -> tuple[int, int, torch.device]:
+    """``(rank, world size, device)``; under ``torchrun`` (``WORLD_SIZE > 1``) joins the default process
+    group once: NCCL with one GPU per process (``LOCAL_RANK``) when CUDA is used, gloo on CPU."""
+    import os
+
+    from noisyseg.engine import resolve_device
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return 0, 1, resolve_device(device)
+    cuda = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    target = torch.device("cuda", local) if cuda else torch.device("cpu")
+    if cuda:
+        torch.cuda.set_device(target)
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if cuda else "gloo")
+    return dist.get_rank(), dist.get_world_size(), target
+
+
+def is_main() -> bool:
+    """True in a single process and on rank 0: the process that writes files."""
+    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
+
+
+def barrier() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
+def broadcast(obj: Any) -> Any:
+    """Rank 0's ``obj`` on every rank (a no-op in a single process)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def mean_over_ranks(values: dict[str, float]) -> dict[str, float]:
+    """Per-key mean over the ranks that logged the key (epoch logs; one small gather per epoch)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return values
+    gathered: list[dict[str, float]] = [{} for _ in range(dist.get_world_size())]
+    dist.all_gather_object(gathered, values)
+    keys = dict.fromkeys(k for d in gathered for k in d)
+    return {k: sum(d[k] for d in gathered if k in d) / sum(k in d for d in gathered) for k in keys}

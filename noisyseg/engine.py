@@ -13,6 +13,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
+from noisyseg.distributed import all_reduce_sum, mean_over_ranks
 from noisyseg.errors import NoisysegError
 from noisyseg.methods import Method
 from noisyseg.metrics import score
@@ -65,13 +66,21 @@ class Trainer:
     progress: bool = True
     amp: bool = False  # bfloat16 autocast of the step's forward passes, on CUDA only
     counters: dict[str, int] = field(default_factory=lambda: {"steps": 0, "skipped": 0})
+    rank: int = 0   # data-parallel training (torchrun): this process's share of every batch
+    world: int = 1
+
+    def _plan(self, n: int, batch_size: int, seed: int) -> list[list[tuple[int, int]]]:
+        """This rank's batches: its slice of the global batches (``world × batch_size`` images) that one
+        process would draw, so N processes see the same data, order and augmentation as one."""
+        batches = plan_batches(n, batch_size * self.world, self.steps_per_epoch, seed)
+        return [b[self.rank * batch_size:(self.rank + 1) * batch_size] for b in batches]
 
     def _loaders(self, epoch: int) -> dict[str, DataLoader]:
         sizes = self.method.batch_sizes(self.batch_size)
         return {
             name: DataLoader(
                 self.streams[name],
-                batch_sampler=plan_batches(len(self.streams[name]), sizes[name], self.steps_per_epoch, epoch_seed(self.seed, epoch, k)),
+                batch_sampler=self._plan(len(self.streams[name]), sizes[name], epoch_seed(self.seed, epoch, k)),
                 num_workers=self.num_workers,
                 pin_memory=self.device.type == "cuda",
             )
@@ -81,7 +90,8 @@ class Trainer:
     def train_epoch(self, epoch: int) -> dict[str, float]:
         """One epoch of ``steps_per_epoch`` steps; returns mean logs."""
         self.model.train()
-        torch.manual_seed(epoch_seed(self.seed, epoch, 999))  # dropout masks depend on (seed, epoch) only
+        # dropout masks depend on (seed, epoch) only, and on the rank in data-parallel training
+        torch.manual_seed(epoch_seed(self.seed, epoch, 999, *([self.rank] if self.world > 1 else [])))
         iterators = {name: iter(loader) for name, loader in self._loaders(epoch).items()}
         sums: dict[str, float] = {}
         done = 0
@@ -96,7 +106,7 @@ class Trainer:
                 self.counters["skipped"] += 1
                 self.scheduler.step()
                 continue
-            loss = out.loss.item()  # a CPU-GPU sync point, but the divergence check needs it
+            loss = self._global(out.loss)  # a CPU-GPU sync point, but the divergence check needs it
             if not math.isfinite(loss):
                 raise TrainingDiverged(f"loss became {loss} at epoch {epoch}, step {i + 1}/{self.steps_per_epoch} "
                                        f"(global step {self.counters['steps'] + 1})")
@@ -110,7 +120,14 @@ class Trainer:
             for key, value in {"loss": loss, **out.logs}.items():
                 sums[key] = sums.get(key, 0.0) + value
             bar.set_postfix(loss=f"{loss:.3f}")
-        return {key: value / max(done, 1) for key, value in sums.items()}
+        return mean_over_ranks({key: value / max(done, 1) for key, value in sums.items()})
+
+    def _global(self, loss: torch.Tensor) -> float:
+        """The step's loss, averaged over ranks, so that every rank takes the same divergence decision."""
+        value = loss.detach().float().reshape(1)
+        if self.world > 1:
+            value = all_reduce_sum(value.clone(), None) / self.world
+        return value.item()
 
 
 @torch.no_grad()

@@ -6,6 +6,7 @@ Everything below :func:`main` is plain Python: ``train(cfg)`` takes a config (an
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any, Callable
@@ -16,6 +17,7 @@ import torch
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
+from torch.nn.parallel import DistributedDataParallel
 
 from noisyseg.checkpoint import load_checkpoint, prepare_run_dir, save_checkpoint, write_json
 from noisyseg.data.cache import load_arrays
@@ -23,7 +25,8 @@ from noisyseg.data.dataset import SegmentationDataset
 from noisyseg.data.sources import build_source
 from noisyseg.data.splits import load_manifest, make_splits, save_manifest
 from noisyseg.data.transforms import build_transform
-from noisyseg.engine import Trainer, TrainingDiverged, evaluate, resolve_device
+from noisyseg.distributed import barrier, broadcast, is_main, setup, unwrap
+from noisyseg.engine import Trainer, TrainingDiverged, evaluate
 from noisyseg.errors import ConfigError, DataError, NoisysegError
 from noisyseg.losses import build_loss
 from noisyseg.methods import build_method
@@ -43,14 +46,16 @@ def node_kwargs(node: DictConfig, drop: tuple[str, ...] = ("name",)) -> dict[str
     return {k: v for k, v in OmegaConf.to_container(node, resolve=True, throw_on_missing=True).items() if k not in drop}
 
 
-def load_splits(cfg: DictConfig, run_dir: Path) -> tuple[Any, dict[str, dict[str, np.ndarray]]]:
-    """Build the data source, split it (or reuse a manifest) and decode every split (cached)."""
+def load_splits(cfg: DictConfig, run_dir: Path, manifest: bool = True) -> tuple[Any, dict[str, dict[str, np.ndarray]]]:
+    """Build the data source, split it (or reuse a manifest) and decode every split (cached); write
+    ``splits.json`` unless ``manifest=False``."""
     source = build_source(cfg.data.name, **node_kwargs(cfg.data.params, drop=()))
     if cfg.data.splits_file:
         splits = load_manifest(cfg.data.splits_file, source.ids)
     else:
         splits = make_splits(source.ids, cfg.seed, **node_kwargs(cfg.data.split, drop=()), official=source.official)
-    save_manifest(run_dir / "splits.json", splits)
+    if manifest:
+        save_manifest(run_dir / "splits.json", splits)
     noise = build_noise(cfg.noise)
     arrays = {
         name: load_arrays(source, ids, cfg.data.size, cfg.cache_dir, noise=noise if name == "noisy" else None, split=name)
@@ -135,7 +140,7 @@ def _log_weights(log: RunLog, method, run_dir: Path, epoch: int) -> None:
 def _training_state(trainer: Trainer, epoch: int, best: dict, history: list, config: dict) -> dict[str, Any]:
     """Everything needed to continue after ``epoch``: a plain dict, loadable with weights_only=True."""
     return {
-        "format": CHECKPOINT_FORMAT, "model": trainer.model.state_dict(), "optimizer": trainer.optimizer.state_dict(),
+        "format": CHECKPOINT_FORMAT, "model": unwrap(trainer.model).state_dict(), "optimizer": trainer.optimizer.state_dict(),
         "scheduler": trainer.scheduler.state_dict(), "method": trainer.method.state_dict(),
         "counters": dict(trainer.counters), "epoch": epoch, "best": best, "history": history, "config": config,
     }
@@ -145,7 +150,7 @@ def _restore(cfg: DictConfig, path: Path, trainer: Trainer) -> tuple[int, dict, 
     """Load a :func:`_training_state` checkpoint into ``trainer``; returns (next epoch, best, history)."""
     state = load_checkpoint(path, trainer.device)
     check_resume(cfg, state["config"])
-    trainer.model.load_state_dict(state["model"])
+    unwrap(trainer.model).load_state_dict(state["model"])
     trainer.optimizer.load_state_dict(state["optimizer"])
     trainer.scheduler.load_state_dict(state["scheduler"])
     trainer.method.load_state_dict(state["method"])
@@ -169,47 +174,56 @@ def train(cfg: DictConfig | dict, run_dir: str | Path | None = None) -> dict[str
         if (run_dir / "last.pt").exists():
             cfg = cfg.copy()
             cfg.resume = str(run_dir)
-    prepare_run_dir(run_dir)  # an unwritable folder fails here, naming it
-    device = resolve_device(cfg.device)
+    rank, world, device = setup(cfg.device)  # (0, 1, device) unless run by torchrun
+    main = rank == 0  # the process that writes files and evaluates
+    if main:
+        prepare_run_dir(run_dir)  # an unwritable folder fails here, naming it
     if cfg.get("threads"):
         torch.set_num_threads(cfg.threads)  # e.g. 1 per job when sweep cells run in parallel
     torch.manual_seed(cfg.seed)  # model initialisation
 
-    _, arrays = load_splits(cfg, run_dir)
+    if not main:
+        barrier()  # rank 0 decodes and caches the splits first
+    _, arrays = load_splits(cfg, run_dir, manifest=main)
+    if main:
+        barrier()
     loss = build_loss(cfg.loss.name, **node_kwargs(cfg.loss))
     method = build_method(cfg.method.name, loss, **node_kwargs(cfg.method))
     streams = build_streams(cfg, method, arrays)
     evalsets = {s: SegmentationDataset(arrays[s]["images"], {"mask": arrays[s]["masks"]}) for s in ("val", "test")}
-    model = build_model(cfg.model.name, **node_kwargs(cfg.model)).to(device)
+    net = build_model(cfg.model.name, **node_kwargs(cfg.model)).to(device)
+    model = DistributedDataParallel(net, device_ids=[device] if device.type == "cuda" else None) if world > 1 else net
     total_steps = cfg.trainer.epochs * cfg.trainer.steps_per_epoch
     optimizer, scheduler = build_optimizer(model.parameters(), total_steps, **node_kwargs(cfg.optim))
     if cfg.trainer.amp and cfg.method.name == "meta":
         raise ConfigError("trainer.amp=true is not supported with method=meta yet (the meta step runs in float32)")
     trainer = Trainer(model, method, streams, optimizer, scheduler, device, cfg.seed, cfg.trainer.batch_size,
                       cfg.trainer.steps_per_epoch, cfg.trainer.num_workers, cfg.trainer.grad_clip, cfg.trainer.progress,
-                      cfg.trainer.amp)
+                      cfg.trainer.amp, rank=rank, world=world)
 
     start_epoch, best, history = 0, {"dice": -1.0, "epoch": -1}, []
     if cfg.resume:
         start_epoch, best, history = _restore(cfg, run_dir / "last.pt", trainer)
 
-    log = RunLog(run_dir, cfg.trainer.tensorboard)
+    log = RunLog(run_dir, cfg.trainer.tensorboard and main)
     resolved = OmegaConf.to_container(cfg, resolve=True)
     epoch, saved = start_epoch, start_epoch - 1  # saved: the epoch that last.pt holds
     try:
         for epoch in range(start_epoch, cfg.trainer.epochs):
             logs = trainer.train_epoch(epoch)
-            val, probs = evaluate(model, evalsets["val"], arrays["val"]["masks"], cfg.trainer.eval_batch_size, device)
-            row = {"epoch": epoch, "step": trainer.counters["steps"], "lr": optimizer.param_groups[0]["lr"],
-                   **{f"train_{k}": v for k, v in logs.items()}, **{f"val_{k}": v for k, v in val.items()}}
-            history.append(row)
-            log.epoch(history, trainer.counters["steps"])
-            log.images("val/image_truth_prediction", _preview(model, evalsets["val"], arrays["val"]["masks"], probs), epoch)
-            _log_weights(log, method, run_dir, epoch)
-            if val["dice"] > best["dice"]:
-                best = {"dice": val["dice"], "epoch": epoch, "val": val}
-                save_checkpoint(run_dir / "best.pt", {"model": model.state_dict(), "epoch": epoch, "config": resolved})
-            save_checkpoint(run_dir / "last.pt", _training_state(trainer, epoch, best, history, resolved))
+            if main:
+                val, probs = evaluate(net, evalsets["val"], arrays["val"]["masks"], cfg.trainer.eval_batch_size, device)
+                row = {"epoch": epoch, "step": trainer.counters["steps"], "lr": optimizer.param_groups[0]["lr"],
+                       **{f"train_{k}": v for k, v in logs.items()}, **{f"val_{k}": v for k, v in val.items()}}
+                history.append(row)
+                log.epoch(history, trainer.counters["steps"])
+                log.images("val/image_truth_prediction", _preview(net, evalsets["val"], arrays["val"]["masks"], probs), epoch)
+                _log_weights(log, method, run_dir, epoch)
+                if val["dice"] > best["dice"]:
+                    best = {"dice": val["dice"], "epoch": epoch, "val": val}
+                    save_checkpoint(run_dir / "best.pt", {"model": net.state_dict(), "epoch": epoch, "config": resolved})
+                save_checkpoint(run_dir / "last.pt", _training_state(trainer, epoch, best, history, resolved))
+            barrier()  # no rank starts the next epoch before last.pt holds this one
             saved = epoch
     except TrainingDiverged as err:  # resuming would replay the same steps: a new run needs a new config
         raise TrainingDiverged(f"{err}; {_kept(run_dir, saved)}; lower optim.lr or set trainer.grad_clip") from None
@@ -220,17 +234,19 @@ def train(cfg: DictConfig | dict, run_dir: str | Path | None = None) -> dict[str
     finally:
         log.close()
 
-    model.load_state_dict(load_checkpoint(run_dir / "best.pt", device)["model"])
-    test, test_probs = evaluate(model, evalsets["test"], arrays["test"]["masks"], cfg.trainer.eval_batch_size, device)
+    if not main:
+        return broadcast(None)  # rank 0's results
+    net.load_state_dict(load_checkpoint(run_dir / "best.pt", device)["model"])
+    test, test_probs = evaluate(net, evalsets["test"], arrays["test"]["masks"], cfg.trainer.eval_batch_size, device)
     _write_per_image(run_dir / "test_per_image.csv", test_probs >= 0.5, arrays["test"]["masks"] > 0)
     results = {
         "test": test, "val": best["val"], "best_epoch": best["epoch"], "epochs": cfg.trainer.epochs,
         "steps": trainer.counters["steps"], "skipped_steps": trainer.counters["skipped"], "method_state": method.state_dict(),
         "split_sizes": {name: len(a["images"]) for name, a in arrays.items()}, "noise": noise_report(cfg, arrays),
-        "device": str(device), "config": resolved,
+        "device": str(device), "processes": world, "config": resolved,
     }
     write_json(run_dir / "results.json", results)
-    return results
+    return broadcast(results)
 
 
 def _write_per_image(path: Path, pred: np.ndarray, target: np.ndarray) -> None:
@@ -266,6 +282,19 @@ def _writable_or_exit(path: str) -> None:
         sys.exit(2)
 
 
+def _one_run_dir_for_all_ranks(overrides: list[str]) -> None:
+    """Under torchrun every rank must write to one folder, but Hydra's default name is a timestamp that
+    may differ by a second between ranks: name it after torchrun's run id unless one is given."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or any(o.startswith(("hydra.run.dir=", "resume=")) for o in overrides):
+        return
+    run_id = os.environ.get("TORCHELASTIC_RUN_ID", "none")
+    if run_id == "none":
+        print("error: under torchrun without --standalone or --rdzv-id, pass hydra.run.dir=<folder> "
+              "(every process must write to the same run folder)", file=sys.stderr)
+        sys.exit(2)
+    sys.argv.append(f"hydra.run.dir=runs/torchrun_{run_id}")
+
+
 def hydra_main(config_name: str, run: Callable[[DictConfig, str], dict], summary: Callable[[dict], dict]) -> None:
     """Call ``run(cfg, run_dir)`` under Hydra with ``conf/<config_name>.yaml``; print ``summary(results)``
     as JSON. Configuration and data errors print ``error: ...`` and exit with status 2."""
@@ -282,11 +311,13 @@ def hydra_main(config_name: str, run: Callable[[DictConfig, str], dict], summary
             sys.exit(2)
         except KeyboardInterrupt:
             sys.exit(130)  # train() has printed where it stopped and how to resume
-        print(json.dumps({"run_dir": run_dir, **summary(results)}, indent=2))
+        if is_main():
+            print(json.dumps({"run_dir": run_dir, **summary(results)}, indent=2))
 
     from hydra._internal.utils import get_args_parser  # Hydra's own command-line parser
 
     args = get_args_parser().parse_args()
+    _one_run_dir_for_all_ranks(args.overrides)
     if not (args.config_path or args.config_dir or args.cfg or args.help or args.hydra_help or args.info
             or args.shell_completion or args.experimental_rerun):
         try:  # before Hydra creates a run folder: a typo names the valid keys, a bad value its range

@@ -23,6 +23,7 @@ metrics) is all a resumed run needs to end with the same result as an uninterrup
 from __future__ import annotations
 
 import json
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -318,6 +319,8 @@ class ActiveLoop:
 def run_active(cfg: DictConfig | dict, run_dir: str | Path | None = None) -> dict[str, Any]:
     """Run (or resume) the active-learning loop as configured; write everything to ``run_dir``; return the results."""
     cfg = cfg if isinstance(cfg, DictConfig) else OmegaConf.create(cfg)
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise ConfigError("python -m noisyseg.active runs in one process (torchrun is supported by noisyseg.train only)")
     validate(cfg)  # unknown keys and out-of-range values, before any work
     run_dir = Path(cfg.resume or run_dir or "runs/active")
     if cfg.get("reuse") and (run_dir / "results.json").exists():  # sweeps: never recompute a finished cell
