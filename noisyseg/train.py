@@ -195,8 +195,6 @@ def train(cfg: DictConfig | dict, run_dir: str | Path | None = None) -> dict[str
     model = DistributedDataParallel(net, device_ids=[device] if device.type == "cuda" else None) if world > 1 else net
     total_steps = cfg.trainer.epochs * cfg.trainer.steps_per_epoch
     optimizer, scheduler = build_optimizer(model.parameters(), total_steps, **node_kwargs(cfg.optim))
-    if cfg.trainer.amp and cfg.method.name == "meta":
-        raise ConfigError("trainer.amp=true is not supported with method=meta yet (the meta step runs in float32)")
     trainer = Trainer(model, method, streams, optimizer, scheduler, device, cfg.seed, cfg.trainer.batch_size,
                       cfg.trainer.steps_per_epoch, cfg.trainer.num_workers, cfg.trainer.grad_clip, cfg.trainer.progress,
                       cfg.trainer.amp, rank=rank, world=world)

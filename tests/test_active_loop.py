@@ -13,7 +13,6 @@ import torch
 from hydra import compose, initialize_config_dir
 
 from noisyseg.active.loop import ActiveLoop, run_active
-from noisyseg.active.mc import predict
 from noisyseg.active.oracle import OracleError, OracleLog, SimulatedOracle
 from noisyseg.active.pseudo import build_pseudo_policy
 from noisyseg.engine import Trainer
