@@ -178,10 +178,10 @@ def _compare(args, methods, size, batch, device, repeats, warmup) -> dict:
 
 def _table(run: dict) -> str:
     lines = [f"{run['size']}x{run['size']}, batch {run['batch']} noisy + {run['batch']} clean",
-             f"{'method':<16} {'wall s':>8} {'x plain':>8} {'cpu s':>8} {'x plain':>8} {'peak MB':>9} {'x plain':>8}"]
+             f"{'method':<16} {'wall s':>8} {'img/s':>7} {'x plain':>8} {'cpu s':>8} {'x plain':>8} {'peak MB':>9} {'x plain':>8}"]
     for m, r in run["results"].items():
         mem = f"{r['peak_mb']:>9.0f} {r['mem_ratio'] or float('nan'):>8.2f}" if "peak_mb" in r else f"{'-':>9} {'-':>8}"
-        lines.append(f"{m:<16} {r['wall_s']:>8.3f} {r['ratio']:>8.2f} {r['cpu_s']:>8.3f} {r['cpu_ratio']:>8.2f} {mem}")
+        lines.append(f"{m:<16} {r['wall_s']:>8.3f} {run['batch'] / r['wall_s']:>7.1f} {r['ratio']:>8.2f} {r['cpu_s']:>8.3f} {r['cpu_ratio']:>8.2f} {mem}")
     return "\n".join(lines)
 
 

@@ -84,6 +84,8 @@ class TrainerConfig:
     num_workers: int = MISSING
     grad_clip: Optional[float] = MISSING
     amp: bool = MISSING
+    channels_last: bool = MISSING
+    compile: bool = MISSING
     tensorboard: bool = MISSING
     progress: bool = MISSING
 

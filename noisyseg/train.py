@@ -174,6 +174,9 @@ def train(cfg: DictConfig | dict, run_dir: str | Path | None = None) -> dict[str
         if (run_dir / "last.pt").exists():
             cfg = cfg.copy()
             cfg.resume = str(run_dir)
+    if cfg.trainer.compile and cfg.method.name == "meta":
+        raise ConfigError("trainer.compile=true does not apply to method=meta: the meta step calls the model "
+                          "functionally, around the compiled module")
     rank, world, device = setup(cfg.device)  # (0, 1, device) unless run by torchrun
     main = rank == 0  # the process that writes files and evaluates
     if main:
@@ -192,7 +195,11 @@ def train(cfg: DictConfig | dict, run_dir: str | Path | None = None) -> dict[str
     streams = build_streams(cfg, method, arrays)
     evalsets = {s: SegmentationDataset(arrays[s]["images"], {"mask": arrays[s]["masks"]}) for s in ("val", "test")}
     net = build_model(cfg.model.name, **node_kwargs(cfg.model)).to(device)
+    if cfg.trainer.channels_last:
+        net = net.to(memory_format=torch.channels_last)  # convolutions then take NHWC inputs as they come
     model = DistributedDataParallel(net, device_ids=[device] if device.type == "cuda" else None) if world > 1 else net
+    if cfg.trainer.compile:
+        model = torch.compile(model)
     total_steps = cfg.trainer.epochs * cfg.trainer.steps_per_epoch
     optimizer, scheduler = build_optimizer(model.parameters(), total_steps, **node_kwargs(cfg.optim))
     trainer = Trainer(model, method, streams, optimizer, scheduler, device, cfg.seed, cfg.trainer.batch_size,

@@ -129,3 +129,15 @@ def test_trained_network_beats_best_threshold_baseline(tmp_path):
     images, masks = zip(*(source.load(i) for i in split))
     baseline = threshold_baseline_dice(np.stack(images), np.stack(masks))
     assert results["test"]["dice"] > baseline + 0.2, (results["test"]["dice"], baseline)
+
+
+def test_channels_last_trains_like_the_default_layout(tmp_path):
+    default = train(config("threads=1"), tmp_path / "default")
+    nhwc = train(config("threads=1", "trainer.channels_last=true"), tmp_path / "nhwc")
+    assert nhwc["test"]["dice"] == pytest.approx(default["test"]["dice"], abs=1e-3)
+
+
+def test_compile_is_refused_for_the_meta_step(tmp_path):
+    with pytest.raises(ConfigError, match="trainer.compile"):
+        train(config("method=meta", "trainer.compile=true"), tmp_path)
+    assert not (tmp_path / "splits.json").exists()
