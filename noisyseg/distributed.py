@@ -119,6 +119,15 @@ def broadcast(obj: Any) -> Any:
     return box[0]
 
 
+def gather(obj: Any) -> list[Any]:
+    """Every rank's ``obj``, in rank order, on every rank (``[obj]`` in a single process)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return [obj]
+    out: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
 def mean_over_ranks(values: dict[str, float]) -> dict[str, float]:
     """Per-key mean over the ranks that logged the key (epoch logs; one small gather per epoch)."""
     if not (dist.is_available() and dist.is_initialized()):

@@ -149,7 +149,7 @@ class RedChannel(torch.nn.Module):
 
 def test_pseudo_labels_stay_paired_with_their_images(tmp_path):
     loop = ActiveLoop(config(), tmp_path)
-    loop.model = RedChannel()
+    loop.net = RedChannel()
     loop.labeled = {i: 0 for i in loop.initial}
     loop.pseudo_ids = [i for i in loop.pool.ids if i not in loop.labeled][::-1][:5]  # not in pool order
     method, streams = loop._streams_and_method(loop._pseudo_masks())
@@ -219,3 +219,11 @@ def test_cli_runs_and_reports_errors(tmp_path):
     assert json.loads((tmp_path / "run" / "results.json").read_text())["labeled"] == 10
     proc = subprocess.run([*args, "active.initial=1000", f"hydra.run.dir={tmp_path / 'run2'}"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2 and "active.initial=1000" in proc.stderr
+
+
+def test_interleave_undoes_the_strided_shards():
+    from noisyseg.active.loop import interleave
+
+    whole = np.arange(7.0)
+    assert np.array_equal(interleave([whole[r::3] for r in range(3)]), whole)
+    assert np.array_equal(interleave([whole]), whole)

@@ -34,3 +34,17 @@ def test_two_processes_train_like_one_with_the_combined_batch(tmp_path):
     # the same steps up to float32 reduction order (measured: 1.6e-7)
     assert max((weights["ddp"][k] - weights["one"][k]).abs().max().item() for k in weights["one"]) < 1e-5
     assert results["ddp"]["test"]["dice"] == pytest.approx(results["one"]["test"]["dice"], abs=1e-4)
+
+
+def test_active_loop_under_torchrun(tmp_path):
+    """2 processes: the pool is scored in shards, rank 0 asks the oracle and writes the state."""
+    args = ["debug=fast", "data.params.count=60", "data.split.val=8", "data.split.test=8", "active.initial=6",
+            "active.rounds=2", "active.queries=4", "active.epochs=1", "active.epochs_per_round=1", "active.mc_samples=3",
+            "active.pseudo.start_round=2", "active.pseudo.step=3", "threads=1", f"hydra.run.dir={tmp_path / 'run'}"]
+    proc = run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                "-m", "noisyseg.active", *args], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert [r["labeled"] for r in results["rounds"]] == [6, 10, 14] and results["rounds"][-1]["pseudo"] == 3
+    asked = [i for entry in json.loads((tmp_path / "run" / "oracle.json").read_text()) for i in entry["ids"]]
+    assert len(asked) == len(set(asked)) == 14

@@ -23,7 +23,6 @@ metrics) is all a resumed run needs to end with the same result as an uninterrup
 from __future__ import annotations
 
 import json
-import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +32,7 @@ import cv2
 import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
+from torch.nn.parallel import DistributedDataParallel
 
 from noisyseg.active.mc import dropout_modules, mc_predict, predict
 from noisyseg.active.oracle import OracleLog, SimulatedOracle
@@ -44,7 +44,8 @@ from noisyseg.data.cache import load_arrays
 from noisyseg.data.dataset import SegmentationDataset, to_tensor
 from noisyseg.data.sources import build_source
 from noisyseg.data.splits import make_splits, save_manifest
-from noisyseg.engine import Trainer, epoch_seed, evaluate, resolve_device
+from noisyseg.distributed import barrier, gather, is_main, setup
+from noisyseg.engine import Trainer, epoch_seed, evaluate
 from noisyseg.errors import ConfigError, DataError
 from noisyseg.losses import build_loss
 from noisyseg.methods import CleanOnly, Method, build_method
@@ -78,10 +79,11 @@ class Pool:
         return torch.stack([to_tensor(self.images[k]) for k in self.rows(ids)]) if ids else torch.empty(0)
 
 
-def _load_data(cfg: DictConfig, run_dir: Path) -> tuple[Pool, dict[str, SegmentationDataset], dict[str, np.ndarray]]:
+def _load_data(cfg: DictConfig, run_dir: Path, main: bool) -> tuple[Pool, dict[str, SegmentationDataset], dict[str, np.ndarray]]:
     source = build_source(cfg.data.name, **node_kwargs(cfg.data.params, drop=()))
     splits = make_splits(source.ids, cfg.seed, **node_kwargs(cfg.data.split, drop=()), official=source.official)
-    save_manifest(run_dir / "splits.json", splits)
+    if main:
+        save_manifest(run_dir / "splits.json", splits)
     train_ids = splits["clean"] + splits["noisy"] + splits["pool"]  # active learning labels these itself
     arrays = load_arrays(source, train_ids, cfg.data.size, cfg.cache_dir, noise=build_noise(cfg.noise), split="active")
     pool = Pool(train_ids, arrays["images"], arrays["masks"], arrays.get("noisy_masks", arrays["masks"]))
@@ -115,13 +117,26 @@ def _check_mc(cfg: DictConfig, sampler: Sampler, model: torch.nn.Module) -> None
                           f"got {cfg.active.mc_samples}")
 
 
+def interleave(parts: list[np.ndarray]) -> np.ndarray:
+    """Undo a strided split: ``parts[r]`` holds items ``r, r + N, r + 2N, ...`` of the whole (N = len(parts))."""
+    out = np.empty(sum(len(p) for p in parts), np.float64)
+    for r, part in enumerate(parts):
+        out[r::len(parts)] = part
+    return out
+
+
 class ActiveLoop:
     """One active-learning run, resumable from its run folder. :meth:`run` returns the results."""
 
     def __init__(self, cfg: DictConfig, run_dir: Path) -> None:
         self.cfg, self.run_dir, self.a = cfg, run_dir, cfg.active
-        self.device = resolve_device(cfg.device)
-        self.pool, self.evalsets, self.evalmasks = _load_data(cfg, run_dir)
+        self.rank, self.world, self.device = setup(cfg.device)  # (0, 1, device) unless run by torchrun
+        self.main = self.rank == 0  # the process that asks the oracle, evaluates and writes files
+        if not self.main:
+            barrier()  # rank 0 decodes and caches the data first
+        self.pool, self.evalsets, self.evalmasks = _load_data(cfg, run_dir, self.main)
+        if self.main:
+            barrier()
         self.initial = _initial_ids(self.pool, self.a.initial, cfg.seed)
         self.full = self.a.initial == "all"  # full supervision: the loop's total epochs at once, no queries
         self.rounds = 0 if self.full else self.a.rounds
@@ -139,21 +154,23 @@ class ActiveLoop:
         self.oracle_only = CleanOnly(self.loss)  # rounds without pseudo-labels
         self.config = OmegaConf.to_container(cfg, resolve=True)
         self._new_model()
-        _check_mc(cfg, self.sampler, self.model)
+        _check_mc(cfg, self.sampler, self.net)
         self.labeled: dict[str, int] = {}  # id -> round in which the oracle labeled it
         self.pseudo_ids: list[str] = []
         self.history: list[dict[str, Any]] = []  # one row per round
         self.epochs: list[dict[str, Any]] = []   # one row per training epoch
         self.epoch, self.counters = 0, {"steps": 0, "skipped": 0}
-        self.oracle_log = OracleLog(run_dir / "oracle.json")
+        self.oracle_log = OracleLog(run_dir / "oracle.json", write=self.main)
         self.oracle = SimulatedOracle({i: self.pool.answers[k] for k, i in enumerate(self.pool.ids)}, self.oracle_log.all_ids())
 
     # -- model and training ------------------------------------------------------------------
     def _new_model(self) -> None:
         torch.manual_seed(self.cfg.seed)  # initialisation, also for a retrain from scratch
-        self.model = build_model(self.cfg.model.name, **node_kwargs(self.cfg.model)).to(self.device)
+        self.net = build_model(self.cfg.model.name, **node_kwargs(self.cfg.model)).to(self.device)
+        device_ids = [self.device] if self.device.type == "cuda" else None
+        self.model = DistributedDataParallel(self.net, device_ids=device_ids) if self.world > 1 else self.net  # trains
         self.optimizer, self.scheduler = build_optimizer(
-            self.model.parameters(), self.schedule_epochs * self.cfg.trainer.steps_per_epoch, **node_kwargs(self.cfg.optim))
+            self.net.parameters(), self.schedule_epochs * self.cfg.trainer.steps_per_epoch, **node_kwargs(self.cfg.optim))
 
     def _streams_and_method(self, pseudo_masks: np.ndarray) -> tuple[Method, dict]:
         labeled = sorted(self.labeled, key=self.pool.index.get)
@@ -172,7 +189,8 @@ class ActiveLoop:
         method, streams = self._streams_and_method(pseudo_masks)
         t = self.cfg.trainer
         trainer = Trainer(self.model, method, streams, self.optimizer, self.scheduler, self.device, self.cfg.seed,
-                          t.batch_size, t.steps_per_epoch, t.num_workers, t.grad_clip, t.progress, t.amp, self.counters)
+                          t.batch_size, t.steps_per_epoch, t.num_workers, t.grad_clip, t.progress, t.amp, self.counters,
+                          self.rank, self.world)
         for _ in range(epochs):
             logs = trainer.train_epoch(self.epoch)
             self.epochs.append({"round": len(self.history), "epoch": self.epoch, "step": self.counters["steps"],
@@ -183,14 +201,7 @@ class ActiveLoop:
     def _query(self, round_: int) -> tuple[list[str], list[str]]:
         """The ids the oracle labels this round, and the ids to pseudo-label."""
         unlabeled = [i for i in self.pool.ids if i not in self.labeled]
-        chunk = self.a.chunk
-        batches = (self.pool.tensors(unlabeled[i:i + chunk]).to(self.device) for i in range(0, len(unlabeled), chunk))
-        torch.manual_seed(epoch_seed(self.cfg.seed, round_, MC_TAG))
-        args = (self.sampler, self.model, batches, self.a.mc_samples, chunk, self.a.mc_mode)
-        if self.pseudo.needs_confidence:
-            scores, confidence = score_pool(*args, confidence=True)
-        else:
-            scores, confidence = score_pool(*args), None
+        scores, confidence = self._score(round_, unlabeled)
         queried = self.oracle_log.ids(round_)  # answered before an interruption: never ask again
         if queried is None:
             rng = np.random.default_rng(epoch_seed(self.cfg.seed, round_, QUERY_TAG))
@@ -203,21 +214,36 @@ class ActiveLoop:
         rest = [k for k, i in enumerate(unlabeled) if i not in asked]
         return queried, self.pseudo.choose(round_, confidence[rest], [unlabeled[k] for k in rest])
 
+    def _score(self, round_: int, unlabeled: list[str]) -> tuple[np.ndarray, np.ndarray | None]:
+        """Sampler scores and (if pseudo-labels need them) confidences of the pool. With N processes each
+        scores every N-th image and all gather the rest, so every rank takes the same decisions."""
+        mine = unlabeled[self.rank::self.world]
+        chunk = self.a.chunk
+        batches = (self.pool.tensors(mine[i:i + chunk]).to(self.device) for i in range(0, len(mine), chunk))
+        torch.manual_seed(epoch_seed(self.cfg.seed, round_, MC_TAG, *([self.rank] if self.world > 1 else [])))
+        args = (self.sampler, self.net, batches, self.a.mc_samples, chunk, self.a.mc_mode)
+        scores, confidence = score_pool(*args, confidence=True) if self.pseudo.needs_confidence else (score_pool(*args), None)
+        if self.world == 1:
+            return scores, confidence
+        parts = gather((scores, confidence))
+        scores = interleave([p[0] for p in parts])
+        return scores, None if confidence is None else interleave([p[1] for p in parts])
+
     def _pseudo_masks(self) -> np.ndarray:
         if not self.pseudo_ids:
             return np.zeros((0, *self.pool.masks.shape[1:]), np.uint8)
-        probs = predict(self.model, self.pool.tensors(self.pseudo_ids).to(self.device), chunk=self.a.chunk)
+        probs = predict(self.net, self.pool.tensors(self.pseudo_ids).to(self.device), chunk=self.a.chunk)
         return (probs >= 0.5).cpu().numpy().astype(np.uint8)
 
     def _save_uncertainty(self, round_: int, queried: list[str], count: int = 8) -> None:
         """image | prediction | uncertainty (scaled to each image's max) | oracle's mask, for queried images."""
         ids = queried[:count]
-        if not ids or not dropout_modules(self.model):
+        if not ids or not dropout_modules(self.net) or not self.main:
             return
         x = self.pool.tensors(ids).to(self.device)
         torch.manual_seed(epoch_seed(self.cfg.seed, round_, MC_TAG))
-        probs = mc_predict(self.model, x, max(self.a.mc_samples, 2), self.a.mc_mode)
-        pred = predict(self.model, x)
+        probs = mc_predict(self.net, x, max(self.a.mc_samples, 2), self.a.mc_mode)
+        pred = predict(self.net, x)
         if isinstance(self.sampler, UncertaintySampler):
             pixels = self.sampler.pixel_map(probs, pred)
         else:
@@ -233,8 +259,8 @@ class ActiveLoop:
 
     def _evaluate(self, round_: int, queried: list[str], pseudo_masks: np.ndarray) -> dict[str, Any]:
         bs = self.cfg.trainer.eval_batch_size
-        test, _ = evaluate(self.model, self.evalsets["test"], self.evalmasks["test"], bs, self.device)
-        val, _ = evaluate(self.model, self.evalsets["val"], self.evalmasks["val"], bs, self.device)
+        test, _ = evaluate(self.net, self.evalsets["test"], self.evalmasks["test"], bs, self.device)
+        val, _ = evaluate(self.net, self.evalsets["val"], self.evalmasks["val"], bs, self.device)
         row = {"round": round_, "labeled": len(self.labeled), "queried": len(queried), "pseudo": len(self.pseudo_ids),
                "epoch": self.epoch, "step": self.counters["steps"]}
         if self.pseudo_ids:  # how good the self-labels were
@@ -267,7 +293,7 @@ class ActiveLoop:
     def _state(self) -> dict[str, Any]:
         return {"format": STATE_FORMAT, "round": len(self.history) - 1, "labeled": dict(self.labeled),
                 "pseudo": list(self.pseudo_ids), "history": self.history, "epochs": self.epochs, "epoch": self.epoch,
-                "counters": dict(self.counters), "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "counters": dict(self.counters), "model": self.net.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(), "method": self.method.state_dict(), "config": self.config}
 
     def _restore(self, path: Path) -> None:
@@ -276,23 +302,26 @@ class ActiveLoop:
         self.labeled, self.pseudo_ids = dict(state["labeled"]), list(state["pseudo"])
         self.history, self.epochs, self.epoch = state["history"], state["epochs"], state["epoch"]
         self.counters.update(state["counters"])
-        self.model.load_state_dict(state["model"])
+        self.net.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.method.load_state_dict(state["method"])
 
     def _save(self, log: RunLog) -> None:
+        if not self.main:
+            return barrier()
         save_checkpoint(self.run_dir / "state.pt", self._state())  # the source of truth for resuming
         write_json(self.run_dir / "state.json", {"round": len(self.history) - 1, "labeled": self.labeled,
                                                  "pseudo": self.pseudo_ids})  # a readable copy
         log.table(self.run_dir / "rounds.csv", self.history)
         log.table(self.run_dir / "metrics.csv", self.epochs)
         log.scalars(self.history[-1], self.history[-1]["labeled"], prefix="active/")
+        barrier()  # no rank starts the next round before state.pt holds this one
 
     def run(self) -> dict[str, Any]:
         if (self.run_dir / "state.pt").exists():
             self._restore(self.run_dir / "state.pt")
-        log = RunLog(self.run_dir, self.cfg.trainer.tensorboard)
+        log = RunLog(self.run_dir, self.cfg.trainer.tensorboard and self.main)
         try:
             for round_ in range(len(self.history), self.rounds + 1):
                 if round_ > 0 and len(self.labeled) == len(self.pool.ids):
@@ -312,15 +341,14 @@ class ActiveLoop:
                                                 "test": len(self.evalmasks["test"])},
             "device": str(self.device), "config": self.config,
         }
-        write_json(self.run_dir / "results.json", results)
+        if self.main:
+            write_json(self.run_dir / "results.json", results)
         return results
 
 
 def run_active(cfg: DictConfig | dict, run_dir: str | Path | None = None) -> dict[str, Any]:
     """Run (or resume) the active-learning loop as configured; write everything to ``run_dir``; return the results."""
     cfg = cfg if isinstance(cfg, DictConfig) else OmegaConf.create(cfg)
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        raise ConfigError("python -m noisyseg.active runs in one process (torchrun is supported by noisyseg.train only)")
     validate(cfg)  # unknown keys and out-of-range values, before any work
     run_dir = Path(cfg.resume or run_dir or "runs/active")
     if cfg.get("reuse") and (run_dir / "results.json").exists():  # sweeps: never recompute a finished cell
@@ -328,7 +356,8 @@ def run_active(cfg: DictConfig | dict, run_dir: str | Path | None = None) -> dic
     if (run_dir / "state.pt").exists() and not (cfg.resume or cfg.get("reuse")):
         raise ConfigError(f"{run_dir} already holds an active-learning run; pass resume={run_dir} to continue it, "
                           f"or choose another folder")
-    prepare_run_dir(run_dir)
+    if is_main():
+        prepare_run_dir(run_dir)
     if cfg.get("threads"):
         torch.set_num_threads(cfg.threads)
     return ActiveLoop(cfg, run_dir).run()

@@ -45,8 +45,8 @@ class SimulatedOracle:
 class OracleLog:
     """``oracle.json``: ``[{"round": r, "ids": [...]}, ...]``, one entry per round, rewritten atomically."""
 
-    def __init__(self, path: str | Path) -> None:
-        self.path = Path(path)
+    def __init__(self, path: str | Path, write: bool = True) -> None:
+        self.path, self.write = Path(path), write  # write=False: other ranks of a torchrun job keep a copy in memory
         try:
             self.entries: list[dict] = json.loads(self.path.read_text()) if self.path.exists() else []
         except (json.JSONDecodeError, UnicodeDecodeError) as err:
@@ -67,4 +67,5 @@ class OracleLog:
         if self.ids(round_) is not None:
             raise OracleError(f"{self.path}: round {round_} was already answered")
         self.entries.append({"round": round_, "ids": list(ids)})
-        write_json(self.path, self.entries)
+        if self.write:
+            write_json(self.path, self.entries)
