@@ -5,13 +5,27 @@ reads; the grouping, the statistics and the plotting live here once.
 """
 from __future__ import annotations
 
+import argparse
 import csv
 import json
+import sys
 from collections import defaultdict
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Sequence
 
 import numpy as np
+
+
+def read_sweep(argv: list[str] | None, description: str, collect: Callable[[Path], list[dict]]) -> tuple[Path, list[dict]]:
+    """The command line of an aggregation script: ``ROOT`` (a sweep folder holding ``runs/``, or a runs
+    folder) and ``collect``'s rows from it; no finished run is an error naming the folder."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("root", type=Path, help="the sweep folder (holding runs/)")
+    root = parser.parse_args(argv).root
+    rows = collect(root / "runs" if (root / "runs").is_dir() else root)
+    if not rows:
+        sys.exit(f"error: no results.json under {root}")
+    return root, rows
 
 
 def load_results(root: str | Path) -> list[dict]:

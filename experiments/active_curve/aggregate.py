@@ -8,13 +8,11 @@ and ``<root>/dice_vs_labels.png``. The ``full`` arm (every training image labele
 """
 from __future__ import annotations
 
-import argparse
-import sys
 from pathlib import Path
 
 import numpy as np
 
-from noisyseg.sweep import errorbar_plot, load_results, ordered, summarise, write_csv
+from noisyseg.sweep import errorbar_plot, load_results, ordered, read_sweep, summarise, write_csv
 
 METRICS = ("dice", "jaccard")
 ORDER = ["random", "entropy", "bald", "ceal", "ceal_meta", "ceal_meta_only", "ceal_head", "full"]
@@ -56,23 +54,18 @@ def markdown(summary: list[dict], runs: list[dict], order: list[str], columns: i
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("root", type=Path, help="the sweep folder (holding runs/)")
-    args = parser.parse_args(argv)
-    rows = collect(args.root / "runs" if (args.root / "runs").is_dir() else args.root)
-    if not rows:
-        sys.exit(f"error: no results.json under {args.root}")
+    root, rows = read_sweep(argv, __doc__.splitlines()[0], collect)
     summary = summarise(rows, ("label", "labeled"), METRICS, means=("pseudo",))
     runs = list({(r["label"], r["seed"]): r for r in rows}.values())
     order = ordered((s["label"] for s in summary), ORDER)
-    write_csv(summary, args.root / "summary.csv")
-    (args.root / "summary.md").write_text(markdown(summary, runs, order))
+    write_csv(summary, root / "summary.csv")
+    (root / "summary.md").write_text(markdown(summary, runs, order))
     full = [s for s in summary if s["label"] == "full"]
-    errorbar_plot([s for s in summary if s["label"] != "full"], "labeled", "dice", args.root / "dice_vs_labels.png",
-                  order=[o for o in order if o != "full"], title=args.root.name, xlabel="oracle-labeled images",
+    errorbar_plot([s for s in summary if s["label"] != "full"], "labeled", "dice", root / "dice_vs_labels.png",
+                  order=[o for o in order if o != "full"], title=root.name, xlabel="oracle-labeled images",
                   ylabel="test Dice", dashed=["ceal_meta", "ceal_meta_only", "ceal_head"],
                   lines={f"full supervision ({full[0]['labeled']} images)": full[0]["dice_mean"]} if full else None)
-    print((args.root / "summary.md").read_text())
+    print((root / "summary.md").read_text())
 
 
 if __name__ == "__main__":

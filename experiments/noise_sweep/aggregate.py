@@ -7,13 +7,11 @@ Reads every ``results.json`` under ``<root>/runs``, groups by (label, noise leve
 """
 from __future__ import annotations
 
-import argparse
-import sys
 from pathlib import Path
 
 import numpy as np
 
-from noisyseg.sweep import errorbar_plot, load_results, ordered, summarise, write_csv
+from noisyseg.sweep import errorbar_plot, load_results, ordered, read_sweep, summarise, write_csv
 
 METRICS = ("dice", "jaccard")
 ORDER = ["clean", "noisy_only", "pooled", "balanced", "gce", "bootstrap", "meta", "meta_clean"]
@@ -45,20 +43,15 @@ def markdown(summary: list[dict], order: list[str]) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("root", type=Path, help="the sweep folder (holding runs/)")
-    args = parser.parse_args(argv)
-    rows = collect(args.root / "runs" if (args.root / "runs").is_dir() else args.root)
-    if not rows:
-        sys.exit(f"error: no results.json under {args.root}")
+    root, rows = read_sweep(argv, __doc__.splitlines()[0], collect)
     summary = summarise(rows, ("label", "level"), METRICS, means=("realised_dice",))
     order = ordered((s["label"] for s in summary), ORDER)
-    write_csv(summary, args.root / "summary.csv")
-    (args.root / "summary.md").write_text(markdown(summary, order))
-    errorbar_plot(summary, "level", "dice", args.root / "dice_vs_noise.png", order=order, title=args.root.name,
+    write_csv(summary, root / "summary.csv")
+    (root / "summary.md").write_text(markdown(summary, order))
+    errorbar_plot(summary, "level", "dice", root / "dice_vs_noise.png", order=order, title=root.name,
                   xlabel="annotation noise level of the noisy set", ylabel="test Dice",
                   dashed=[label for label in order if label.startswith("meta")])
-    print((args.root / "summary.md").read_text())
+    print((root / "summary.md").read_text())
 
 
 if __name__ == "__main__":
