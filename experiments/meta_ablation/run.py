@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> None:
     for label in chosen:
         command = [sys.executable, "-m", "noisyseg.train", "-m", "experiment=noise_sweep_quick", *VARIANTS[label],
                    f"label={label}", "noise.level=1.0", "seed=0,1,2", "threads=1",
-                   f"hydra.sweep.dir={args.root}/runs", f"hydra.sweep.subdir={label}/seed=${{seed}}",
+                   f"hydra.sweep.dir={args.root}/runs", f"hydra.sweep.subdir='{label}/seed=${{seed}}'",
                    "hydra/launcher=joblib", f"hydra.launcher.n_jobs={args.jobs}"]
         print("+", " ".join(command), flush=True)
         subprocess.run(command, check=True)
