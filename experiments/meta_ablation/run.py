@@ -19,7 +19,6 @@ VARIANTS: dict[str, list[str]] = {
     "meta_bce": ["arm=meta", "loss=bce"],                        # a per-pixel loss without the image-level Dice term
     "meta_image_norm": ["arm=meta", "meta.normalize=image"],     # every image gets the same total weight
     "meta_all_clean": ["arm=meta", "meta.clean_batch_size=20"],  # the whole expert set in every meta step
-    "meta_long": ["arm=meta", "trainer.epochs=8"],                # twice the steps
     "meta_head": ["arm=meta", "meta.params=[head]"],              # approximation: virtual step on the output layer only
     "meta_clean_half": ["arm=meta_clean", "meta.clean_loss_weight=0.5"],
     "few_clean_clean": ["arm=clean", "data.split.clean=5"],
