@@ -6,7 +6,8 @@
 Every variant is the ``noise_sweep_quick`` preset at morph noise level 1.0 (noisy-label Dice 0.47)
 with three seeds, run as one Hydra multirun per variant (finished cells are reused). Baselines at
 the same setting are in ``experiments/results/noise_sweep_quick``; ``few_clean_*`` variants shrink
-the expert set to 5 images, the regime where the noisy set should matter most.
+the expert set to 5 images, the regime where the noisy set should matter most; ``flip_*`` variants
+replace the moved borders of morph noise by blobs of flipped labels.
 """
 from __future__ import annotations
 
@@ -21,6 +22,9 @@ VARIANTS: dict[str, list[str]] = {
     "meta_all_clean": ["arm=meta", "meta.clean_batch_size=20"],  # the whole expert set in every meta step
     "meta_head": ["arm=meta", "meta.params=[head]"],              # approximation: virtual step on the output layer only
     "meta_clean_half": ["arm=meta_clean", "meta.clean_loss_weight=0.5"],
+    "flip_clean": ["arm=clean", "noise=flip"],                   # blobs of flipped labels instead of moved borders
+    "flip_balanced": ["arm=balanced", "noise=flip"],
+    "flip_meta": ["arm=meta", "noise=flip"],
     "few_clean_clean": ["arm=clean", "data.split.clean=5"],
     "few_clean_balanced": ["arm=balanced", "data.split.clean=5"],
     "few_clean_meta": ["arm=meta", "data.split.clean=5", "meta.clean_batch_size=5"],
