@@ -130,7 +130,7 @@ def test_train_and_run_active_validate_before_any_work(tmp_path):
     """A plain dict never meets Hydra: validate() still names the unknown key; nothing is written."""
     cfg = OmegaConf.to_container(compose_with("debug=fast"))
     cfg["trainer"]["epoch"] = 3
-    with pytest.raises(ConfigError, match="valid keys of trainer: amp, batch_size, epochs"):
+    with pytest.raises(ConfigError, match="valid keys of trainer: amp, batch_size, channels_last, compile, epochs"):
         train(cfg, tmp_path / "run")
     with pytest.raises(ConfigError, match="active.chunk >= 1"):
         run_active(compose_with("active.chunk=0", name="active_loop"), tmp_path / "active")
