@@ -2,11 +2,14 @@
 from __future__ import annotations
 
 import contextlib
+import csv
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
+import cv2
+import numpy as np
 import torch
 
 from noisyseg.errors import NoisysegError
@@ -29,7 +32,14 @@ def prepare_run_dir(path: str | Path) -> Path:
     return path
 
 
-def _atomic(path: Path, write) -> None:
+def write_atomic(path: str | Path, write: Callable[[Path], Any]) -> None:
+    """Call ``write(tmp)`` on a temporary file next to ``path``, then rename it over ``path``: a reader
+    (or a crash) sees the old file or the complete new one, never a partial one.
+
+    Raises:
+        NoisysegError: the file cannot be written; the previous version, if any, is kept.
+    """
+    path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -45,7 +55,7 @@ def _atomic(path: Path, write) -> None:
 
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
     """Write a checkpoint dict (tensors, numbers, strings, lists, dicts) via temp file + rename."""
-    _atomic(Path(path), lambda tmp: torch.save(state, tmp))
+    write_atomic(path, lambda tmp: torch.save(state, tmp))
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
@@ -61,4 +71,25 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
 
 def write_json(path: str | Path, data: Any) -> None:
     """Write JSON atomically."""
-    _atomic(Path(path), lambda tmp: tmp.write_text(json.dumps(data, indent=2, default=float)))
+    write_atomic(path, lambda tmp: tmp.write_text(json.dumps(data, indent=2, default=float)))
+
+
+def write_csv(path: str | Path, rows: list[dict]) -> None:
+    """Write ``rows`` as a CSV atomically; the columns are every key, in order of first appearance."""
+    def write(tmp: Path) -> None:
+        with open(tmp, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(dict.fromkeys(k for row in rows for k in row)))
+            writer.writeheader()
+            writer.writerows(rows)
+
+    write_atomic(path, write)
+
+
+def write_image(path: str | Path, rgb: np.ndarray) -> None:
+    """Write a uint8 RGB ``[H, W, 3]`` or grey ``[H, W]`` image atomically; the format follows the suffix."""
+    path = Path(path)
+    array = cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR) if rgb.ndim == 3 else rgb
+    ok, encoded = cv2.imencode(path.suffix or ".png", array)
+    if not ok:
+        raise NoisysegError(f"{path}: cannot encode a {array.shape} {array.dtype} image")
+    write_atomic(path, lambda tmp: tmp.write_bytes(encoded.tobytes()))

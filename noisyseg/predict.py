@@ -10,8 +10,8 @@ image's own ``H x W`` (bilinear) before thresholding. Output layout under ``OUTP
 * ``uncertainty/<ID>_uncertainty.png`` (``--mc-samples T``): uint8, the per-pixel score divided by its
   largest possible value (1 bit for entropy and BALD, 0.25 for variance) times 255, so maps from
   different images and runs share one scale.
-* ``overlays/<ID>_overlay.jpg``: the image with the predicted contour (green) and, with ground
-  truth, the true contour (blue).
+* ``overlays/<ID>_overlay.jpg``: the image with the predicted contour (magenta) and, with ground
+  truth, the true contour (green), as in ``python -m noisyseg.report``.
 * ``metrics.csv`` (with ``--masks``: per-image ISIC scores) and ``summary.json``.
 
 Masks and probabilities come from the deterministic (dropout off) forward; MC dropout only adds the
@@ -24,7 +24,6 @@ import argparse
 import csv
 import io
 import json
-import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,7 +38,7 @@ from tqdm import tqdm
 
 from noisyseg.active.mc import NoDropoutError, dropout_modules, mc_predict, predict
 from noisyseg.active.scores import MIN_SAMPLES, pixel_uncertainty
-from noisyseg.checkpoint import load_checkpoint, write_json
+from noisyseg.checkpoint import load_checkpoint, write_atomic, write_image, write_json
 from noisyseg.data.cache import resize_image
 from noisyseg.data.dataset import to_tensor
 from noisyseg.data.io import IMAGE_SUFFIXES, image_size, read_image, read_mask
@@ -47,9 +46,9 @@ from noisyseg.engine import resolve_device
 from noisyseg.errors import ConfigError, DataError, NoisysegError
 from noisyseg.metrics import METRIC_KEYS, per_image_scores
 from noisyseg.models import build_model
+from noisyseg.runlog import contour_overlay
 
 UNCERTAINTY_MAX = {"entropy": 1.0, "bald": 1.0, "variance": 0.25}  # largest possible pixel value
-PRED_COLOUR, TRUE_COLOUR = (0, 255, 0), (0, 128, 255)  # RGB
 SKIP_SUFFIXES = ("_superpixels",)  # ISIC 2017 ships superpixel PNGs next to the images
 
 
@@ -184,39 +183,6 @@ def _upsample(map_: torch.Tensor, height: int, width: int) -> np.ndarray:
     return cv2.resize(map_.float().cpu().numpy(), (width, height), interpolation=cv2.INTER_LINEAR)
 
 
-def _write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_bytes(data)
-        os.replace(tmp, path)  # readers see the old file or the complete new one, never a partial one
-    except OSError as err:
-        raise DataError(f"{path}: cannot write ({err})") from None
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def _write_image(path: Path, array: np.ndarray) -> None:
-    """Write a grey ``[H, W]`` or RGB ``[H, W, 3]`` uint8 image; format from the suffix."""
-    if array.ndim == 3:
-        array = cv2.cvtColor(array, cv2.COLOR_RGB2BGR)
-    params = [cv2.IMWRITE_JPEG_QUALITY, 92] if path.suffix == ".jpg" else []
-    ok, buf = cv2.imencode(path.suffix, array, params)
-    if not ok:
-        raise DataError(f"{path}: cannot encode image")
-    _write(path, buf.tobytes())
-
-
-def overlay(image: np.ndarray, pred: np.ndarray, truth: np.ndarray | None = None) -> np.ndarray:
-    """``image`` uint8 ``[H, W, 3]`` with the contours of ``pred`` (green) and ``truth`` (blue)."""
-    out = image.copy()
-    thickness = max(1, round(max(image.shape[:2]) / 300))
-    for mask, colour in ((truth, TRUE_COLOUR), (pred, PRED_COLOUR)):
-        if mask is not None:
-            contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_LIST, cv2.CHAIN_APPROX_SIMPLE)
-            cv2.drawContours(out, contours, -1, colour, thickness)
-    return out
-
-
 def _make_dirs(out: Path, names: list[str]) -> None:
     try:
         for name in names:
@@ -287,11 +253,11 @@ def predict_folder(
                 sid = path.stem
                 prob = _upsample(probs[k], height, width)  # [H, W]
                 pred = prob >= threshold
-                _write_image(out / "masks" / f"{sid}_segmentation.png", pred.astype(np.uint8) * 255)
-                _write_image(out / "probs" / f"{sid}_prob.png", np.round(prob * 255).clip(0, 255).astype(np.uint8))
+                write_image(out / "masks" / f"{sid}_segmentation.png", pred.astype(np.uint8) * 255)
+                write_image(out / "probs" / f"{sid}_prob.png", np.round(prob * 255).clip(0, 255).astype(np.uint8))
                 if unc is not None:
                     scaled = _upsample(unc[k], height, width) / UNCERTAINTY_MAX[uncertainty]
-                    _write_image(out / "uncertainty" / f"{sid}_uncertainty.png",
+                    write_image(out / "uncertainty" / f"{sid}_uncertainty.png",
                                  np.round(scaled * 255).clip(0, 255).astype(np.uint8))
                 truth = None
                 if truths is not None:
@@ -302,7 +268,7 @@ def predict_folder(
                     scores = per_image_scores(pred, truth)
                     rows.append({"id": sid, **{key: float(scores[key][0]) for key in METRIC_KEYS}})
                 if overlays:
-                    _write_image(out / "overlays" / f"{sid}_overlay.jpg", overlay(item["full"], pred, truth))
+                    write_image(out / "overlays" / f"{sid}_overlay.jpg", contour_overlay(item["full"], pred, truth))
             bar.update(len(batch["items"]))
 
     summary: dict[str, Any] = {
@@ -315,7 +281,7 @@ def predict_folder(
         writer = csv.DictWriter(text, fieldnames=["id", *METRIC_KEYS], lineterminator="\n")
         writer.writeheader()
         writer.writerows(rows)
-        _write(out / "metrics.csv", text.getvalue().encode())
+        write_atomic(out / "metrics.csv", lambda tmp: tmp.write_text(text.getvalue()))
         summary["metrics"] = {key: float(np.mean([r[key] for r in rows])) for key in METRIC_KEYS}
     summary["config"] = predictor.config
     write_json(out / "summary.json", summary)

@@ -16,7 +16,6 @@ import csv
 import html
 import io
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -27,7 +26,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from noisyseg.checkpoint import load_checkpoint
+from noisyseg.checkpoint import load_checkpoint, write_atomic
 from noisyseg.data.cache import load_arrays
 from noisyseg.data.dataset import SegmentationDataset
 from noisyseg.data.sources import build_source
@@ -35,11 +34,11 @@ from noisyseg.engine import predict_probs, resolve_device
 from noisyseg.errors import NoisysegError
 from noisyseg.metrics import METRIC_KEYS, per_image_scores
 from noisyseg.models import build_model
+from noisyseg.runlog import contour_overlay
 
 RUN_FILES = ("results.json", "metrics.csv", "rounds.csv")  # a folder with none of these is not a run
 CASES = 3  # best and worst test images shown
 ROUND_COLUMNS = ("round", "labeled", "queried", "pseudo", "pseudo_dice", "test_dice", "test_jaccard", "val_dice")
-GT_COLOUR, PRED_COLOUR = (0, 230, 0), (255, 0, 255)  # RGB: green truth, magenta prediction
 CSS = """body{font-family:sans-serif;max-width:1150px;margin:1em auto;color:#222}
 table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ccc;padding:2px 8px;text-align:right}
 th{background:#f3f3f3}.row{display:flex;flex-wrap:wrap;gap:12px}figure{margin:0}
@@ -192,11 +191,8 @@ def _overlay(image: np.ndarray, truth: np.ndarray, prob: np.ndarray, tile: int =
     size = side * max(1, tile // side) if side <= tile else tile  # integer zoom, or shrink big images
     smooth = cv2.INTER_NEAREST if size >= side else cv2.INTER_AREA
     resize = lambda a, how=cv2.INTER_NEAREST: cv2.resize(a, (size, size), interpolation=how)  # noqa: E731
-    canvas = resize(image, smooth)
-    width = max(1, size // 72)
-    for mask, colour in ((truth > 0, GT_COLOUR), (prob >= 0.5, PRED_COLOUR)):
-        contours, _ = cv2.findContours(resize(mask.astype(np.uint8)), cv2.RETR_LIST, cv2.CHAIN_APPROX_NONE)
-        cv2.drawContours(canvas, contours, -1, colour, width)
+    masks = [resize((m > 0).astype(np.uint8)) for m in (prob >= 0.5, truth)]
+    canvas = contour_overlay(resize(image, smooth), *masks, thickness=max(1, size // 72))
     grey = np.repeat(resize((np.clip(prob, 0, 1) * 255).astype(np.uint8), smooth)[..., None], 3, axis=-1)
     gap = np.full((canvas.shape[0], 4, 3), 255, np.uint8)
     return np.concatenate([canvas, gap, grey], axis=1)
@@ -329,13 +325,7 @@ def build_report(run_dir: str | Path, out: str | Path | None = None, device: str
     page = (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title><style>{CSS}</style>"
             f"</head><body><h1>{html.escape(title)}</h1><p>{html.escape(str(run_dir.resolve()))}</p>{body}</body></html>")
     out = Path(out) if out else run_dir / "report.html"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_text(page, encoding="utf-8")
-        os.replace(tmp, out)  # a reader never sees half a page
-    finally:
-        tmp.unlink(missing_ok=True)
+    write_atomic(out, lambda tmp: tmp.write_text(page, encoding="utf-8"))  # a reader never sees half a page
     return out
 
 

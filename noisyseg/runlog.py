@@ -1,13 +1,13 @@
 """Run logging: one CSV row per epoch, TensorBoard scalars and image grids."""
 from __future__ import annotations
 
-import csv
-import os
 from pathlib import Path
 
+import cv2
 import numpy as np
 import torch
 
+from noisyseg.checkpoint import write_csv
 from noisyseg.data.dataset import MEAN, STD
 
 
@@ -37,12 +37,7 @@ class RunLog:
     @staticmethod
     def table(path: Path, rows: list[dict]) -> None:
         """Write ``rows`` as a CSV atomically (columns: every key, in order of first appearance)."""
-        tmp = path.with_suffix(".csv.tmp")
-        with open(tmp, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=list(dict.fromkeys(k for row in rows for k in row)))
-            writer.writeheader()
-            writer.writerows(rows)
-        os.replace(tmp, path)
+        write_csv(path, rows)
 
     def images(self, tag: str, grid: np.ndarray, step: int) -> None:
         """``grid``: uint8 ``[H, W, 3]``."""
@@ -58,6 +53,22 @@ def denormalise(images: torch.Tensor) -> np.ndarray:
     """Normalised ``[B, 3, H, W]`` -> uint8 ``[B, H, W, 3]``."""
     array = images.detach().cpu().float().numpy().transpose(0, 2, 3, 1) * STD + MEAN
     return (np.clip(array, 0, 1) * 255).astype(np.uint8)
+
+
+TRUTH_COLOUR, PRED_COLOUR = (0, 230, 0), (255, 0, 255)  # RGB: green ground truth, magenta prediction
+
+
+def contour_overlay(image: np.ndarray, pred: np.ndarray | None, truth: np.ndarray | None = None,
+                    thickness: int | None = None) -> np.ndarray:
+    """``image`` (uint8 ``[H, W, 3]``) with the contours of the binary masks ``truth`` (green) and
+    ``pred`` (magenta) drawn on a copy; ``thickness`` defaults to about 1/300 of the larger side."""
+    out = image.copy()
+    thickness = thickness or max(1, round(max(image.shape[:2]) / 300))
+    for mask, colour in ((truth, TRUTH_COLOUR), (pred, PRED_COLOUR)):
+        if mask is not None:
+            contours, _ = cv2.findContours(np.asarray(mask > 0, np.uint8), cv2.RETR_LIST, cv2.CHAIN_APPROX_NONE)
+            cv2.drawContours(out, contours, -1, colour, thickness)
+    return out
 
 
 def image_grid(columns: list[np.ndarray], min_tile: int = 128) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""Summaries of sweeps: finished runs -> mean ± std per cell -> CSV, markdown and error-bar plots.
+"""Summaries of sweeps: finished runs -> mean ± std per cell -> error-bar plots (CSV: ``checkpoint.write_csv``).
 
 The experiment scripts (``experiments/*/aggregate.py``) say which runs form a cell and how a table
 reads; the grouping, the statistics and the plotting live here once.
@@ -6,7 +6,6 @@ reads; the grouping, the statistics and the plotting live here once.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import sys
 from collections import defaultdict
@@ -49,13 +48,6 @@ def summarise(rows: Iterable[dict], keys: Sequence[str], metrics: Sequence[str],
             entry[f"{m}_std"] = float(values.std(ddof=1)) if len(values) > 1 else 0.0
         summary.append(entry)
     return summary
-
-
-def write_csv(rows: list[dict], path: Path) -> None:
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(dict.fromkeys(k for row in rows for k in row)))
-        writer.writeheader()
-        writer.writerows(rows)
 
 
 def ordered(labels: Iterable[str], preferred: Sequence[str]) -> list[str]:

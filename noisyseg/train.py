@@ -11,7 +11,6 @@ import sys
 from pathlib import Path
 from typing import Any, Callable
 
-import cv2
 import numpy as np
 import torch
 from hydra.experimental.callback import Callback
@@ -19,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 from torch.nn.parallel import DistributedDataParallel
 
-from noisyseg.checkpoint import load_checkpoint, prepare_run_dir, save_checkpoint, write_json
+from noisyseg.checkpoint import load_checkpoint, prepare_run_dir, save_checkpoint, write_image, write_json
 from noisyseg.data.cache import load_arrays
 from noisyseg.data.dataset import SegmentationDataset
 from noisyseg.data.sources import build_source
@@ -133,8 +132,7 @@ def _log_weights(log: RunLog, method, run_dir: Path, epoch: int) -> None:
         return
     grid = _weight_grid(last)
     log.images("meta/image_noisy_weights_true", grid, epoch)
-    (run_dir / "weights").mkdir(exist_ok=True)
-    cv2.imwrite(str(run_dir / "weights" / f"epoch_{epoch:03d}.png"), cv2.cvtColor(grid, cv2.COLOR_RGB2BGR))
+    write_image(run_dir / "weights" / f"epoch_{epoch:03d}.png", grid)
 
 
 def _training_state(trainer: Trainer, epoch: int, best: dict, history: list, config: dict) -> dict[str, Any]:

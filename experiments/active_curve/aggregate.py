@@ -12,7 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from noisyseg.sweep import errorbar_plot, load_results, ordered, read_sweep, summarise, write_csv
+from noisyseg.checkpoint import write_csv
+from noisyseg.sweep import errorbar_plot, load_results, ordered, read_sweep, summarise
 
 METRICS = ("dice", "jaccard")
 ORDER = ["random", "entropy", "bald", "ceal", "ceal_meta", "ceal_meta_only", "ceal_head", "full"]
@@ -58,7 +59,7 @@ def main(argv: list[str] | None = None) -> None:
     summary = summarise(rows, ("label", "labeled"), METRICS, means=("pseudo",))
     runs = list({(r["label"], r["seed"]): r for r in rows}.values())
     order = ordered((s["label"] for s in summary), ORDER)
-    write_csv(summary, root / "summary.csv")
+    write_csv(root / "summary.csv", summary)
     (root / "summary.md").write_text(markdown(summary, runs, order))
     full = [s for s in summary if s["label"] == "full"]
     errorbar_plot([s for s in summary if s["label"] != "full"], "labeled", "dice", root / "dice_vs_labels.png",

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
-from noisyseg.sweep import errorbar_plot, load_results, ordered, read_sweep, summarise, write_csv
+from noisyseg.checkpoint import write_csv
+from noisyseg.sweep import errorbar_plot, load_results, ordered, read_sweep, summarise
 
 METRICS = ("dice", "jaccard")
 ORDER = ["clean", "noisy_only", "pooled", "balanced", "gce", "bootstrap", "meta", "meta_clean"]
@@ -46,7 +47,7 @@ def main(argv: list[str] | None = None) -> None:
     root, rows = read_sweep(argv, __doc__.splitlines()[0], collect)
     summary = summarise(rows, ("label", "level"), METRICS, means=("realised_dice",))
     order = ordered((s["label"] for s in summary), ORDER)
-    write_csv(summary, root / "summary.csv")
+    write_csv(root / "summary.csv", summary)
     (root / "summary.md").write_text(markdown(summary, order))
     errorbar_plot(summary, "level", "dice", root / "dice_vs_noise.png", order=order, title=root.name,
                   xlabel="annotation noise level of the noisy set", ylabel="test Dice",

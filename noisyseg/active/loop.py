@@ -28,7 +28,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -39,7 +38,7 @@ from noisyseg.active.oracle import OracleLog, SimulatedOracle
 from noisyseg.active.pseudo import PseudoPolicy, build_pseudo_policy
 from noisyseg.active.samplers import Sampler, UncertaintySampler, build_sampler, score_pool
 from noisyseg.active.scores import pixel_uncertainty
-from noisyseg.checkpoint import load_checkpoint, prepare_run_dir, save_checkpoint, write_json
+from noisyseg.checkpoint import load_checkpoint, prepare_run_dir, save_checkpoint, write_image, write_json
 from noisyseg.data.cache import load_arrays
 from noisyseg.data.dataset import SegmentationDataset, to_tensor
 from noisyseg.data.sources import build_source
@@ -251,11 +250,7 @@ class ActiveLoop:
         pixels = (pixels / pixels.flatten(1).amax(1).clamp_min(1e-12)[:, None, None]).cpu().numpy()
         rows = self.pool.rows(ids)
         grid = image_grid([self.pool.images[rows], pred.cpu().numpy(), pixels, self.pool.answers[rows].astype(np.float32)])
-        folder = self.run_dir / "uncertainty"
-        folder.mkdir(exist_ok=True)
-        tmp = folder / f".round_{round_:02d}.tmp.png"
-        cv2.imwrite(str(tmp), cv2.cvtColor(grid, cv2.COLOR_RGB2BGR))
-        tmp.replace(folder / f"round_{round_:02d}.png")
+        write_image(self.run_dir / "uncertainty" / f"round_{round_:02d}.png", grid)
 
     def _evaluate(self, round_: int, queried: list[str], pseudo_masks: np.ndarray) -> dict[str, Any]:
         bs = self.cfg.trainer.eval_batch_size

@@ -7,11 +7,11 @@ active learning. Sizes are counts (int) or fractions (float < 1) of the availabl
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 
+from noisyseg.checkpoint import write_atomic
 from noisyseg.errors import DataError
 
 SPLITS = ("clean", "noisy", "val", "test", "pool")
@@ -60,10 +60,7 @@ def make_splits(ids: list[str], seed: int, clean: int | float, val: int | float,
 
 def save_manifest(path: str | Path, splits: dict[str, list[str]]) -> None:
     """Write the split manifest (IDs per split) atomically as JSON."""
-    path = Path(path)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(splits, indent=1))
-    os.replace(tmp, path)
+    write_atomic(path, lambda tmp: tmp.write_text(json.dumps(splits, indent=1)))
 
 
 def load_manifest(path: str | Path, known_ids: list[str]) -> dict[str, list[str]]:
