@@ -13,7 +13,8 @@ custom autograd function has no forward-mode rule, so the ``jvp`` backend cannot
 """
 from __future__ import annotations
 
-from typing import Any, Optional, Union
+from contextlib import contextmanager
+from typing import Any, Iterator, Optional, Union
 
 import torch
 import torch.distributed as dist
@@ -108,6 +109,17 @@ def is_main() -> bool:
 def barrier() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
+
+
+@contextmanager
+def main_first() -> Iterator[None]:
+    """Run the block on rank 0 before the other ranks (e.g. to fill a cache they then read); a plain block
+    in a single process."""
+    if not is_main():
+        barrier()
+    yield
+    if is_main():
+        barrier()
 
 
 def broadcast(obj: Any) -> Any:

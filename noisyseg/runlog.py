@@ -25,7 +25,7 @@ class RunLog:
     def epoch(self, history: list[dict[str, float]], step: int) -> None:
         """Rewrite ``metrics.csv`` from the whole history (so a resumed run never repeats a row)
         and add the newest row to TensorBoard."""
-        self.table(self.csv_path, history)
+        write_csv(self.csv_path, history)
         self.scalars(history[-1], step)
 
     def scalars(self, row: dict[str, float], step: int, prefix: str = "") -> None:
@@ -33,11 +33,6 @@ class RunLog:
         for key, value in row.items():
             if self.writer and key not in ("epoch", "step", "round") and isinstance(value, (int, float)):
                 self.writer.add_scalar(prefix + key.replace("_", "/", 1), value, step)
-
-    @staticmethod
-    def table(path: Path, rows: list[dict]) -> None:
-        """Write ``rows`` as a CSV atomically (columns: every key, in order of first appearance)."""
-        write_csv(path, rows)
 
     def images(self, tag: str, grid: np.ndarray, step: int) -> None:
         """``grid``: uint8 ``[H, W, 3]``."""

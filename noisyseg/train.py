@@ -24,7 +24,7 @@ from noisyseg.data.dataset import SegmentationDataset
 from noisyseg.data.sources import build_source
 from noisyseg.data.splits import load_manifest, make_splits, save_manifest
 from noisyseg.data.transforms import build_transform
-from noisyseg.distributed import barrier, broadcast, is_main, setup, unwrap
+from noisyseg.distributed import barrier, broadcast, is_main, main_first, setup, unwrap
 from noisyseg.engine import Trainer, TrainingDiverged, evaluate
 from noisyseg.errors import ConfigError, DataError, NoisysegError
 from noisyseg.losses import build_loss
@@ -183,11 +183,8 @@ def train(cfg: DictConfig | dict, run_dir: str | Path | None = None) -> dict[str
         torch.set_num_threads(cfg.threads)  # e.g. 1 per job when sweep cells run in parallel
     torch.manual_seed(cfg.seed)  # model initialisation
 
-    if not main:
-        barrier()  # rank 0 decodes and caches the splits first
-    _, arrays = load_splits(cfg, run_dir, manifest=main)
-    if main:
-        barrier()
+    with main_first():  # rank 0 decodes and caches the splits, the others then read the cache
+        _, arrays = load_splits(cfg, run_dir, manifest=main)
     loss = build_loss(cfg.loss.name, **node_kwargs(cfg.loss))
     method = build_method(cfg.method.name, loss, **node_kwargs(cfg.method))
     streams = build_streams(cfg, method, arrays)

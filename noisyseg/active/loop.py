@@ -38,12 +38,12 @@ from noisyseg.active.oracle import OracleLog, SimulatedOracle
 from noisyseg.active.pseudo import PseudoPolicy, build_pseudo_policy
 from noisyseg.active.samplers import Sampler, UncertaintySampler, build_sampler, score_pool
 from noisyseg.active.scores import pixel_uncertainty
-from noisyseg.checkpoint import load_checkpoint, prepare_run_dir, save_checkpoint, write_image, write_json
+from noisyseg.checkpoint import load_checkpoint, prepare_run_dir, save_checkpoint, write_csv, write_image, write_json
 from noisyseg.data.cache import load_arrays
 from noisyseg.data.dataset import SegmentationDataset, to_tensor
 from noisyseg.data.sources import build_source
 from noisyseg.data.splits import make_splits, save_manifest
-from noisyseg.distributed import barrier, gather, is_main, setup
+from noisyseg.distributed import barrier, gather, is_main, main_first, setup
 from noisyseg.engine import Trainer, epoch_seed, evaluate
 from noisyseg.errors import ConfigError, DataError
 from noisyseg.losses import build_loss
@@ -96,8 +96,6 @@ def _load_data(cfg: DictConfig, run_dir: Path, main: bool) -> tuple[Pool, dict[s
 def _initial_ids(pool: Pool, initial: int | str, seed: int) -> list[str]:
     if initial == "all":
         return list(pool.ids)
-    if isinstance(initial, bool) or not isinstance(initial, int) or initial < 1:
-        raise ConfigError(f"active.initial={initial!r} must be a positive count or 'all'")
     if initial > len(pool.ids):
         raise DataError(f"active.initial={initial} asks for more images than the {len(pool.ids)} training images "
                         f"(outside val and test)")
@@ -131,21 +129,14 @@ class ActiveLoop:
         self.cfg, self.run_dir, self.a = cfg, run_dir, cfg.active
         self.rank, self.world, self.device = setup(cfg.device)  # (0, 1, device) unless run by torchrun
         self.main = self.rank == 0  # the process that asks the oracle, evaluates and writes files
-        if not self.main:
-            barrier()  # rank 0 decodes and caches the data first
-        self.pool, self.evalsets, self.evalmasks = _load_data(cfg, run_dir, self.main)
-        if self.main:
-            barrier()
+        with main_first():  # rank 0 decodes and caches the data, the others then read the cache
+            self.pool, self.evalsets, self.evalmasks = _load_data(cfg, run_dir, self.main)
         self.initial = _initial_ids(self.pool, self.a.initial, cfg.seed)
         self.full = self.a.initial == "all"  # full supervision: the loop's total epochs at once, no queries
         self.rounds = 0 if self.full else self.a.rounds
         # one learning-rate schedule spans the epochs one model is trained for
         self.schedule_epochs = self.a.epochs + self.a.rounds * self.a.epochs_per_round if (
             self.a.finetune or self.full) else self.a.epochs
-        if self.a.queries < 1 or self.rounds < 0 or self.a.epochs < 1 or self.a.epochs_per_round < 0:
-            raise ConfigError(f"active needs queries >= 1, rounds >= 0, epochs >= 1, epochs_per_round >= 0; got "
-                              f"queries={self.a.queries}, rounds={self.a.rounds}, epochs={self.a.epochs}, "
-                              f"epochs_per_round={self.a.epochs_per_round}")
         self.sampler: Sampler = build_sampler(**node_kwargs(self.a.sampler, drop=()))
         self.pseudo: PseudoPolicy = build_pseudo_policy(**node_kwargs(self.a.pseudo, drop=()))
         self.loss = build_loss(cfg.loss.name, **node_kwargs(cfg.loss))
@@ -308,8 +299,8 @@ class ActiveLoop:
         save_checkpoint(self.run_dir / "state.pt", self._state())  # the source of truth for resuming
         write_json(self.run_dir / "state.json", {"round": len(self.history) - 1, "labeled": self.labeled,
                                                  "pseudo": self.pseudo_ids})  # a readable copy
-        log.table(self.run_dir / "rounds.csv", self.history)
-        log.table(self.run_dir / "metrics.csv", self.epochs)
+        write_csv(self.run_dir / "rounds.csv", self.history)
+        write_csv(self.run_dir / "metrics.csv", self.epochs)
         log.scalars(self.history[-1], self.history[-1]["labeled"], prefix="active/")
         barrier()  # no rank starts the next round before state.pt holds this one
 
