@@ -260,6 +260,9 @@ def validate(cfg: DictConfig | dict) -> None:
     if _is_int(size) and _is_int(depth) and size > 0 and depth >= 1 and size % 2**depth:
         errors.append(f"data.size={size} must be divisible by 2**model.depth = {2**depth}: the U-Net halves it "
                       f"{depth} times")
+    if _value(cfg, "trainer.compile") is True and _value(cfg, "method.name") == "meta":
+        errors.append("trainer.compile=true does not apply to method=meta: the meta step calls the model "
+                      "functionally, around the compiled module")
     if errors:
         raise ConfigError("; ".join(errors))
 

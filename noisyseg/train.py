@@ -9,7 +9,7 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, NoReturn
 
 import numpy as np
 import torch
@@ -172,9 +172,6 @@ def train(cfg: DictConfig | dict, run_dir: str | Path | None = None) -> dict[str
         if (run_dir / "last.pt").exists():
             cfg = cfg.copy()
             cfg.resume = str(run_dir)
-    if cfg.trainer.compile and cfg.method.name == "meta":
-        raise ConfigError("trainer.compile=true does not apply to method=meta: the meta step calls the model "
-                          "functionally, around the compiled module")
     rank, world, device = setup(cfg.device)  # (0, 1, device) unless run by torchrun
     main = rank == 0  # the process that writes files and evaluates
     if main:
@@ -263,6 +260,12 @@ def _run_dir(resume: str | None, default: str) -> str:
 OmegaConf.register_new_resolver("noisyseg_run_dir", _run_dir, replace=True)
 
 
+def fail(error: object) -> NoReturn:
+    """The command line's answer to bad input: ``error: ...`` on stderr and exit status 2."""
+    print(f"error: {error}", file=sys.stderr)
+    sys.exit(2)
+
+
 class CheckOutputDir(Callback):
     """Hydra callback (``hydra.callbacks`` in ``conf/train.yaml``): an output folder that cannot be
     written fails with ``error: ...`` and status 2 before Hydra itself tries to create it."""
@@ -278,8 +281,7 @@ def _writable_or_exit(path: str) -> None:
     try:
         prepare_run_dir(path)
     except NoisysegError as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
+        fail(err)
 
 
 def _one_run_dir_for_all_ranks(overrides: list[str]) -> None:
@@ -289,9 +291,8 @@ def _one_run_dir_for_all_ranks(overrides: list[str]) -> None:
         return
     run_id = os.environ.get("TORCHELASTIC_RUN_ID", "none")
     if run_id == "none":
-        print("error: under torchrun without --standalone or --rdzv-id, pass hydra.run.dir=<folder> "
-              "(every process must write to the same run folder)", file=sys.stderr)
-        sys.exit(2)
+        fail("under torchrun without --standalone or --rdzv-id, pass hydra.run.dir=<folder> "
+             "(every process must write to the same run folder)")
     sys.argv.append(f"hydra.run.dir=runs/torchrun_{run_id}")
 
 
@@ -307,8 +308,7 @@ def hydra_main(config_name: str, run: Callable[[DictConfig, str], dict], summary
         try:
             results = run(cfg, run_dir)
         except (NoisysegError, OmegaConfBaseException) as err:
-            print(f"error: {err}", file=sys.stderr)
-            sys.exit(2)
+            fail(err)
         except KeyboardInterrupt:
             sys.exit(130)  # train() has printed where it stopped and how to resume
         if is_main():
@@ -323,8 +323,7 @@ def hydra_main(config_name: str, run: Callable[[DictConfig, str], dict], summary
         try:  # before Hydra creates a run folder: a typo names the valid keys, a bad value its range
             check_command_line(CONFIG_DIR, args.config_name or config_name, args.overrides)
         except (NoisysegError, OmegaConfBaseException) as err:
-            print(f"error: {err}", file=sys.stderr)
-            sys.exit(2)
+            fail(err)
     _main()
 
 
