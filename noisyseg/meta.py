@@ -272,6 +272,17 @@ def _global_weights(u: Tensor, mode: str, group: object) -> tuple[Tensor, str, T
     return weights, ("ok" if bool(total > 0) else "all_zero"), pixels
 
 
+def _weights(u: Tensor, mode: str, group: object | None) -> tuple[Tensor, str, Optional[Tensor]]:
+    """Normalised weights of the meta gradient ``u``, the status ("ok", "all_zero", "non_finite"; zeros
+    unless "ok") and, in a distributed step, the global pixel count."""
+    if group is not None:
+        return _global_weights(u, mode, group)
+    if not bool(torch.isfinite(u).all()):  # host sync, once per step
+        return torch.zeros_like(u), "non_finite", None
+    weights = _normalize((-u).clamp_min(0), mode)
+    return weights, ("ok" if bool(weights.any()) else "all_zero"), None
+
+
 def pixel_weights(model: nn.Module, loss_fn: LossFn, noisy: Batch, clean: Batch, lr: float,
                   backend: str = "jvp", normalize: str = "batch", process_group: GroupArg = None,
                   params: Optional[Sequence[str]] = None) -> Tensor:
@@ -298,15 +309,10 @@ def pixel_weights(model: nn.Module, loss_fn: LossFn, noisy: Batch, clean: Batch,
     """
     grad, p = _meta_gradient(model, loss_fn, noisy, clean, lr, backend, normalize=normalize,
                              process_group=process_group, params=params)
-    if p.group is not None:
-        weights, status, _ = _global_weights(grad.u, normalize, p.group)
-        if status == "non_finite":
-            warnings.warn("non-finite meta gradient; returning zero pixel weights", RuntimeWarning, stacklevel=2)
-        return weights
-    if not bool(torch.isfinite(grad.u).all()):
+    weights, status, _ = _weights(grad.u, normalize, p.group)
+    if status == "non_finite":
         warnings.warn("non-finite meta gradient; returning zero pixel weights", RuntimeWarning, stacklevel=2)
-        return torch.zeros_like(grad.u)
-    return _normalize((-grad.u).clamp_min(0), normalize)
+    return weights
 
 
 @dataclass
@@ -355,13 +361,8 @@ class MetaReweightedLoss:
         grad, p = _meta_gradient(model, self.loss_fn, noisy, clean, self.lr if lr is None else lr,
                                  self.backend, need_loss=True, normalize=self.normalize,
                                  process_group=self.process_group, params=self.params)
-        if p.group is not None:  # 4. (distributed) global normalisation and status
-            weights, status, pixels = _global_weights(grad.u, self.normalize, p.group)
-        elif not bool(torch.isfinite(grad.u).all()):  # host sync, once per step
-            weights, status = torch.zeros_like(grad.u), "non_finite"
-        else:  # 4. Weights w̃ = max(−u, 0), normalised.
-            weights = _normalize((-grad.u).clamp_min(0), self.normalize)
-            status = "ok" if bool(weights.any()) else "all_zero"
+        # 4. Weights w̃ = max(−u, 0), normalised (globally in a distributed step), and the step's status.
+        weights, status, pixels = _weights(grad.u, self.normalize, p.group)
         if status == "non_finite":
             self.counts["non_finite"] += 1
             warnings.warn("non-finite meta gradient; skipping this step", RuntimeWarning, stacklevel=2)
