@@ -39,7 +39,7 @@ from noisyseg.meta import META_BACKENDS, MetaReweightedLoss
 from noisyseg.models import UNet
 
 LR = 0.01
-APPROXIMATIONS = ["jvp[head]", "jvp_fused[head]"]  # meta.params=[head]: a virtual step on the output layer only
+APPROXIMATIONS = ["jvp[head]", "jvp_ad[head]"]  # meta.params=[head]: a virtual step on the output layer only
 TARGETS = {"jvp_ratio_max": 2.5, "higher_over_jvp_min": 2.5, "jvp_mem_ratio_max": 1.5}
 
 
@@ -334,7 +334,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--repeats", type=int, default=10, help="timed rounds (median), after --warmup rounds")
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--backends", default="", help="comma-separated meta backends, 'backend[p1+p2]' for a virtual step "
-                   "on parameters p1, p2 only (default: all registered, plus jvp[head] and jvp_fused[head])")
+                   "on parameters p1, p2 only (default: all registered, plus jvp[head] and jvp_ad[head])")
     p.add_argument("--scaling", action="store_true", help="also sizes 64/128/256 and batches 4/8/16, plotted")
     p.add_argument("--scaling-repeats", type=int, default=3, help="timed rounds per scaling point")
     p.add_argument("--plot", default="bench_meta_scaling.png", help="PNG for --scaling")

@@ -11,16 +11,18 @@ derivative: push the tangent g through the noisy forward pass and read the tange
 
 Backends (:data:`META_BACKENDS`, all return the same u):
 
-- ``jvp`` (default): clean gradient g, then one forward-mode pass with dual parameters under
-  ``no_grad``; :class:`MetaReweightedLoss` then runs an ordinary weighted forward/backward.
-- ``jvp_fused``: the forward-mode pass keeps its primal graph, which the weighted backward reuses
-  (one noisy forward instead of two). On CPU it measured no faster and took ~2x the memory (the
-  tangent computations are recorded on the autograd tape too); see ``python -m noisyseg.bench meta``.
+- ``jvp`` (default): clean gradient g, then *one* noisy forward that records the graph the weighted
+  backward reuses while :mod:`noisyseg.tangents` pushes g through it op by op, off the autograd tape
+  (hand-written tangent rules; a model with an op they lack falls back to ``jvp_ad``, with a warning).
+- ``jvp_ad``: the same with ``torch.autograd.forward_ad``: a forward-mode pass with dual parameters under
+  ``no_grad``, then the weighted update runs its own forward (the reference for ``jvp``'s rules).
+- ``jvp_ad_fused``: ``jvp_ad`` whose forward-mode pass keeps its primal graph for the weighted backward;
+  forward_ad records the tangent computations on the tape too, so it is no faster and takes ~2x the memory.
 - ``higher`` / ``autograd``: the literal L2RW recipe (ε requiring grad, differentiable inner SGD
   step, clean loss, gradient w.r.t. ε) with the ``higher`` library or ``torch.func`` + double backward.
 
-Distributed (``process_group``; auto when ``torch.distributed`` runs with world size > 1): ``jvp``
-only. g is all-reduced to the global clean gradient (pixel-count-weighted mean over ranks) and the
+Distributed (``process_group``; auto when ``torch.distributed`` runs with world size > 1): the
+forward-mode backends only. g is all-reduced to the global clean gradient (pixel-count-weighted mean over ranks) and the
 normalisation, the non-finite check and the all-zero decision are global, so N processes give the
 weights of one process on the concatenated batches (:mod:`noisyseg.distributed` says what stays per
 rank). :class:`MetaReweightedLoss` multiplies its loss by the world size, so DDP's gradient average
@@ -51,12 +53,14 @@ from torch.func import functional_call
 from noisyseg.distributed import GroupArg, all_reduce_sum, average_gradients, resolve_group, unwrap, world_size
 from noisyseg.errors import ConfigError, NoisysegError
 from noisyseg.registry import Registry
+from noisyseg.tangents import TangentUnsupported, forward_with_tangent
 
 Batch = tuple[Tensor, Tensor]  # (images [B, C, H, W], masks [B, 1, H, W])
 LossFn = Callable[[Tensor, Tensor], Tensor]  # (logits, masks) -> per-pixel losses [B, ...]
 META_BACKENDS: Registry = Registry("meta backend")
 NORMALIZE = ("batch", "image", "none")
 ZERO_POLICIES = ("skip", "uniform")
+DISTRIBUTED_BACKENDS = ("jvp", "jvp_ad", "jvp_ad_fused")  # the clean gradient g is all-reduced
 
 
 class MetaInputError(NoisysegError, ValueError):
@@ -137,35 +141,87 @@ def _check_map(losses: Tensor, batch_size: int) -> Tensor:
     return losses
 
 
-@META_BACKENDS.register("jvp")
-def _jvp(p: _Problem, fused: bool = False) -> _MetaGrad:
-    """Forward-mode meta gradient: one clean backward, one noisy forward-mode pass, no double backward."""
-    params = _trainable(p.model)
+def _clean_gradient(p: _Problem, params: dict[str, Tensor]) -> dict[str, Optional[Tensor]]:
+    """g = ∇L_c(θ) for the parameters the virtual step moves (None where L_c does not reach), on cloned
+    buffers so the clean pass leaves BN statistics alone; all-reduced in a distributed step."""
     moved = _stepped(p, params)
-    # 1. Clean gradient g = ∇L_c(θ), on cloned buffers so the clean pass leaves BN statistics alone.
     clean_map = _loss_map(p, params, p.clean, p.seeds[1])
     g = torch.autograd.grad(clean_map.mean(), list(moved.values()), allow_unused=True)
     if p.group is not None:  # the global clean gradient: pixel-count-weighted mean over ranks
         g = average_gradients(list(g), clean_map.numel(), p.group)
-    tangents = dict(zip(moved, g))
-    # 2. Noisy forward-mode pass with dual parameters (primal θ, tangent g); parameters g does not
-    #    reach (or the virtual step does not move) get no tangent. Same seed as the weighted update,
-    #    so the same dropout mask.
+    return dict(zip(moved, g))
+
+
+def _meta_grad(p: _Problem, losses: Tensor, tangent: Optional[Tensor], buffers: dict[str, Tensor],
+               fused: bool) -> _MetaGrad:
+    """The tangent of ℓ_i along g is ⟨∇ℓ_i, g⟩, hence u_i = −α ⟨∇ℓ_i, g⟩."""
+    u = torch.zeros_like(losses) if tangent is None else -p.lr * tangent.detach()
+    return _MetaGrad(u.to(losses.dtype), losses if fused else None, buffers if fused else None)
+
+
+@META_BACKENDS.register("jvp")
+def _jvp(p: _Problem) -> _MetaGrad:
+    """Forward-mode meta gradient, fused: one clean backward for g, then one noisy forward that records
+    the graph the weighted backward reuses while :mod:`noisyseg.tangents` pushes g through it off the
+    tape. A model with an op the tangent rules lack falls back to ``jvp_ad`` (same u, slower)."""
+    params = _trainable(p.model)
+    tangents = _clean_gradient(p, params)
+    buffers = _buffers(p.model)
+    seeds = {params[n]: g for n, g in tangents.items() if g is not None}
+    if _any_autocast(p.noisy[0].device):  # autocast caches casts of the parameters: recast inside the pass
+        torch.clear_autocast_cache()
+    try:
+        with torch.set_grad_enabled(p.need_loss):
+            losses, tangent = forward_with_tangent(
+                lambda: _loss_map(p, params, p.noisy, p.seeds[0], buffers), seeds, plan_key=_structure(p))
+    except TangentUnsupported as err:
+        _warn_once(f"meta backend jvp: {err}; using torch.autograd.forward_ad for this model (slower)")
+        return _jvp_ad(p, tangents=tangents)
+    return _meta_grad(p, losses, tangent, buffers, fused=p.need_loss)
+
+
+def _structure(p: _Problem) -> tuple:
+    """Forwards with the same key run the same ops on the same shapes (a plan for freeing tangents)."""
+    images = p.noisy[0]
+    loss = getattr(p.loss_fn, "__self__", p.loss_fn)
+    return (id(p.model), p.model.training, tuple(images.shape), images.dtype, str(images.device),
+            images.stride(), id(loss), p.params, p.need_loss)
+
+
+def _any_autocast(device: torch.device) -> bool:
+    return torch.is_autocast_enabled(device.type)
+
+
+_WARNED: set[str] = set()
+
+
+def _warn_once(message: str) -> None:
+    if message not in _WARNED:
+        _WARNED.add(message)
+        warnings.warn(message, RuntimeWarning, stacklevel=3)
+
+
+@META_BACKENDS.register("jvp_ad")
+def _jvp_ad(p: _Problem, fused: bool = False, tangents: Optional[dict[str, Optional[Tensor]]] = None) -> _MetaGrad:
+    """``jvp`` with ``torch.autograd.forward_ad`` (the reference for :mod:`noisyseg.tangents`): dual
+    parameters (primal θ, tangent g) in a forward-mode pass under ``no_grad``; the weighted update then
+    runs its own forward. Parameters g does not reach (or the virtual step does not move) get no tangent."""
+    params = _trainable(p.model)
+    tangents = _clean_gradient(p, params) if tangents is None else tangents
     fused = fused and p.need_loss
     buffers = _buffers(p.model)
     with torch.set_grad_enabled(fused), fwAD.dual_level():
         dual = {n: fwAD.make_dual(w if fused else w.detach(), tangents[n]) if tangents.get(n) is not None
                 else (w if fused else w.detach()) for n, w in params.items()}
         losses, tangent = fwAD.unpack_dual(_loss_map(p, dual, p.noisy, p.seeds[0], buffers))
-    # 3. The tangent of ℓ_i along g is ⟨∇ℓ_i, g⟩, hence u_i = −α ⟨∇ℓ_i, g⟩.
-    u = torch.zeros_like(losses) if tangent is None else -p.lr * tangent.detach()
-    return _MetaGrad(u, losses if fused else None, buffers if fused else None)
+    return _meta_grad(p, losses, tangent, buffers, fused)
 
 
-@META_BACKENDS.register("jvp_fused")
-def _jvp_fused(p: _Problem) -> _MetaGrad:
-    """``jvp`` whose forward-mode pass also records the primal graph for the weighted backward."""
-    return _jvp(p, fused=True)
+@META_BACKENDS.register("jvp_ad_fused")
+def _jvp_ad_fused(p: _Problem) -> _MetaGrad:
+    """``jvp_ad`` whose forward-mode pass also records the primal graph for the weighted backward; the
+    tangent computations land on the autograd tape too (slower and about twice the memory)."""
+    return _jvp_ad(p, fused=True)
 
 
 @META_BACKENDS.register("higher")
@@ -174,7 +230,7 @@ def _higher(p: _Problem) -> _MetaGrad:
     import higher  # optional dependency of the reference backend only
 
     if p.params is not None:
-        raise MetaInputError("meta params (a virtual step on some parameters) needs backend jvp, jvp_fused or autograd")
+        raise MetaInputError("meta params (a virtual step on some parameters) needs backend jvp, jvp_ad, jvp_ad_fused or autograd")
     sgd = torch.optim.SGD(list(_trainable(p.model).values()), lr=p.lr)
     # higher clones the parameters (copy_initial_weights=False keeps them on the tape) and buffers.
     with higher.innerloop_ctx(p.model, sgd, copy_initial_weights=False) as (fmodel, diffopt):
@@ -233,8 +289,8 @@ def _meta_gradient(model: nn.Module, loss_fn: LossFn, noisy: Batch, clean: Batch
     """Validate, draw the two dropout seeds from the global generator and run one backend."""
     run = META_BACKENDS.get(backend)
     group = resolve_group(process_group)
-    if group is not None and backend != "jvp":
-        raise ConfigError(f"the distributed meta step supports backend='jvp' only, got {backend!r}; "
+    if group is not None and backend not in DISTRIBUTED_BACKENDS:
+        raise ConfigError(f"the distributed meta step supports backends {DISTRIBUTED_BACKENDS}, got {backend!r}; "
                           "pass process_group='local' for per-rank weights")
     model = unwrap(model)  # DDP: the meta passes call the inner module functionally
     _validate(model, noisy, clean, lr, normalize)
@@ -302,7 +358,7 @@ def pixel_weights(model: nn.Module, loss_fn: LossFn, noisy: Batch, clean: Batch,
             weights one process would give on all ranks' batches concatenated (``jvp`` only).
         params: None (the exact method: the virtual step moves every parameter) or names / dotted-name
             prefixes of the parameters it moves, e.g. ``["head"]``: a cheaper approximation, exact for
-            a virtual step restricted to those parameters (``jvp``, ``jvp_fused``, ``autograd``).
+            a virtual step restricted to those parameters (every backend but ``higher``).
 
     Returns:
         Weights shaped like ``loss_fn``'s output. A non-finite meta gradient gives a warning and zeros.
@@ -346,8 +402,8 @@ class MetaReweightedLoss:
                  zero_policy: str = "skip", process_group: GroupArg = None,
                  params: Optional[Sequence[str]] = None) -> None:
         META_BACKENDS.get(backend)
-        if resolve_group(process_group) is not None and backend != "jvp":  # fail early; auto is checked per call
-            raise ConfigError(f"the distributed meta step supports backend='jvp' only, got {backend!r}")
+        if resolve_group(process_group) is not None and backend not in DISTRIBUTED_BACKENDS:  # auto: checked per call
+            raise ConfigError(f"the distributed meta step supports backends {DISTRIBUTED_BACKENDS}, got {backend!r}")
         if normalize not in NORMALIZE or zero_policy not in ZERO_POLICIES:
             raise MetaInputError(f"normalize={normalize!r} must be one of {NORMALIZE} and "
                                  f"zero_policy={zero_policy!r} one of {ZERO_POLICIES}")

@@ -273,12 +273,12 @@ def test_bad_input():
 
 @pytest.mark.parametrize("params", [["head"], ["ups.1", "head"]])
 def test_virtual_step_on_some_parameters_matches_its_reference(params):
-    """``params``: the virtual step moves only those parameters; jvp, jvp_fused and double backward agree."""
+    """``params``: the virtual step moves only those parameters; jvp, jvp_ad_fused and double backward agree."""
     model = tiny_unet()
     noisy, clean = batches()
     torch.manual_seed(7)
     ref = pixel_weights(model, BCEDiceLoss(), noisy, clean, LR, backend="autograd", params=params)
-    for backend in ("jvp", "jvp_fused"):
+    for backend in ("jvp", "jvp_ad_fused"):
         torch.manual_seed(7)
         w = pixel_weights(model, BCEDiceLoss(), noisy, clean, LR, backend=backend, params=params)
         assert (w - ref).abs().max() <= 1e-10, backend
@@ -291,7 +291,7 @@ def test_virtual_step_on_some_parameters_trains_every_parameter():
     m1, m2 = tiny_unet(), tiny_unet()
     noisy, clean = batches()
     torch.manual_seed(5)
-    result = MetaReweightedLoss(BCELoss(), LR, backend="jvp_fused", params=["head"])(m1, noisy, clean)
+    result = MetaReweightedLoss(BCELoss(), LR, backend="jvp_ad_fused", params=["head"])(m1, noisy, clean)
     result.loss.backward()
     torch.manual_seed(5)
     noisy_seed, _ = meta._draw_seeds()

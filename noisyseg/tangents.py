@@ -1,0 +1,482 @@
+"""Forward-mode tangents pushed alongside an ordinary, recorded forward pass.
+
+:func:`forward_with_tangent` runs ``fn()`` as usual (autograd records the primal graph, so a later
+backward reuses it) while a ``TorchDispatchMode`` pushes the tangents of given tensors (e.g. the
+parameters) through every op, under ``no_grad`` and off the autograd tape. It is the fused forward of
+the ``jvp`` meta backend: one noisy forward gives the loss map with its graph *and* its directional
+derivative. ``torch.autograd.forward_ad`` can do the same, but it records the tangent computations on
+the tape too (for higher-order derivatives we never take): slower and about twice the memory.
+
+Rules (:data:`RULES`, one per aten op) give an output's tangent from the op's inputs, output and
+input tangents. Three facts keep them short and fast:
+
+- linear ops (views, cat, add, sum, pooling by averaging, ...) map tangents through the op itself;
+- bilinear ops (convolution, mul, matmul) follow the product rule;
+- elementwise ops (relu, sigmoid, ...) have a diagonal Jacobian and normalisation (before its
+  per-channel scale) a symmetric one, so J·t = Jᵀ·t and the op's own *backward* kernel applied to
+  the tangent is the tangent (one fused kernel instead of a chain of elementwise ops).
+
+An op with a tangent input but no rule, an in-place op on a view (or on a tensor that has views),
+or a tangent that is needed after it was dropped (below) raises :class:`TangentUnsupported`; the
+caller then falls back to ``torch.autograd.forward_ad``, so an unknown model is slower, never wrong.
+
+Memory: autograd keeps the activations it saved for backward alive, and tangents keyed by them would
+live as long. Given a ``plan_key``, the first forward records which step last reads each tangent and
+later forwards of the same structure free tangents right after that step (see :class:`_TangentMode`).
+"""
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Callable, Hashable, Mapping, Optional, Sequence
+
+import torch
+from torch import Tensor
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils.weak import WeakIdKeyDictionary
+
+aten = torch.ops.aten
+Rule = Callable[..., object]  # (func, args, kwargs, out, T) -> tangent(s) of out; T(x): x's tangent or None
+RULES: dict[object, Rule] = {}
+IN_PLACE: set[object] = set()  # rules of ops that overwrite args[0]
+
+
+class TangentUnsupported(RuntimeError):
+    """The forward pass used an op (or pattern) the tangent rules do not cover."""
+
+
+def _ops(names: str) -> list[object]:
+    """aten overloads by ``"name.overload"``; ones this torch does not have are skipped."""
+    found = []
+    for name in names.split():
+        packet, _, overload = name.partition(".")
+        op = getattr(getattr(aten, packet, None), overload or "default", None)
+        if op is not None:
+            found.append(op)
+    return found
+
+
+def rule(names: str, in_place: bool = False) -> Callable[[Rule], Rule]:
+    def register(fn: Rule) -> Rule:
+        for op in _ops(names):
+            RULES[op] = fn
+            if in_place:
+                IN_PLACE.add(op)
+        return fn
+    return register
+
+
+def _or_zeros(t: Optional[Tensor], like: Tensor) -> Tensor:
+    return torch.zeros_like(like) if t is None else t
+
+
+def _plus(a: Optional[Tensor], b: Optional[Tensor]) -> Optional[Tensor]:
+    return b if a is None else a if b is None else a.add_(b)
+
+
+def _channel(v: Tensor, ndim: int) -> Tensor:
+    return v.view([1, -1] + [1] * (ndim - 2))
+
+
+# --- no tangent: results that do not depend differentiably on their inputs ---------------------------
+@rule("detach empty_like zeros_like ones_like full_like rand_like randn_like new_empty new_zeros new_ones "
+      "new_full new_empty_strided bernoulli.default bernoulli.p bernoulli_.float bernoulli_.Tensor")
+def _none(func, args, kwargs, out, T):
+    return None
+
+
+# --- linear: the op applied to the tangents (zeros for inputs without one) -----------------------------
+@rule("view.default _unsafe_view.default reshape.default expand.default permute.default transpose.int "
+      "t.default squeeze.dim squeeze.dims squeeze.default unsqueeze.default slice.Tensor select.int "
+      "clone.default alias.default _to_copy.default flatten.using_ints contiguous.default "
+      "neg.default sum.default sum.dim_IntList mean.default mean.dim avg_pool2d.default "
+      "upsample_nearest2d.vec upsample_bilinear2d.vec upsample_nearest2d.default upsample_bilinear2d.default "
+      "pixel_shuffle.default "
+      "mul.Scalar div.Scalar split.Tensor split_with_sizes.default unbind.int")
+def _linear_first(func, args, kwargs, out, T):
+    """Linear in its first argument; the others are shapes, dims or scalars."""
+    return func(T(args[0]), *args[1:], **kwargs)
+
+
+@rule("add.Tensor sub.Tensor where.self")
+def _linear(func, args, kwargs, out, T):
+    """Linear in every tensor argument; a Python number is a constant (tangent 0)."""
+    def tangent(a):
+        if isinstance(a, Tensor):
+            return a if a.dtype == torch.bool else _or_zeros(T(a), a)  # where's condition stays
+        return 0 if isinstance(a, (int, float)) and not isinstance(a, bool) else a
+    return func(*[tangent(a) for a in args], **kwargs)
+
+
+@rule("cat.default stack.default")
+def _cat(func, args, kwargs, out, T):
+    return func([_or_zeros(T(x), x) for x in args[0]], *args[1:], **kwargs)
+
+
+@rule("add.Scalar sub.Scalar")
+def _shift(func, args, kwargs, out, T):
+    return T(args[0])
+
+
+@rule("rsub.Scalar")
+def _rsub(func, args, kwargs, out, T):
+    return -T(args[0])
+
+
+@rule("constant_pad_nd.default")
+def _pad(func, args, kwargs, out, T):
+    return aten.constant_pad_nd(T(args[0]), args[1], 0.0)  # the padding value is a constant
+
+
+# --- bilinear: the product rule -------------------------------------------------------------------
+@rule("convolution.default")
+def _convolution(func, args, kwargs, out, T):
+    x, w, b, *rest = args
+    tx, tw, tb = T(x), T(w), T(b) if b is not None else None
+    res = None if tx is None else aten.convolution(tx, w, None, *rest)
+    if tw is not None or tb is not None:
+        res = _plus(res, aten.convolution(x, _or_zeros(tw, w), tb, *rest))
+    return res
+
+
+@rule("mul.Tensor")
+def _mul(func, args, kwargs, out, T):
+    a, b = args
+    ta, tb = T(a), T(b)
+    return _plus(None if ta is None else ta * b, None if tb is None else a * tb)
+
+
+@rule("div.Tensor")
+def _div(func, args, kwargs, out, T):
+    a, b = args
+    ta, tb = T(a), T(b)
+    return _plus(None if ta is None else ta / b, None if tb is None else -out * tb / b)
+
+
+@rule("mm.default bmm.default")
+def _matmul(func, args, kwargs, out, T):
+    a, b = args
+    ta, tb = T(a), T(b)
+    return _plus(None if ta is None else func(ta, b), None if tb is None else func(a, tb))
+
+
+@rule("addmm.default")
+def _addmm(func, args, kwargs, out, T):
+    bias, a, b = args
+    beta, alpha = kwargs.get("beta", 1), kwargs.get("alpha", 1)
+    ta, tb, tbias = T(a), T(b), T(bias)
+    res = None if ta is None else alpha * (ta @ b)
+    res = _plus(res, None if tb is None else alpha * (a @ tb))
+    return _plus(res, None if tbias is None else (beta * tbias).expand_as(out).clone())
+
+
+# --- elementwise: diagonal Jacobian, so the backward kernel is the tangent map --------------------
+@rule("relu.default")
+def _relu(func, args, kwargs, out, T):
+    return aten.threshold_backward(T(args[0]), out, 0)
+
+
+@rule("relu_.default", in_place=True)
+def _relu_(func, args, kwargs, out, T):
+    return aten.threshold_backward(T(args[0]), out, 0)
+
+
+@rule("leaky_relu.default leaky_relu_.default", in_place=True)
+def _leaky_relu(func, args, kwargs, out, T):
+    slope = args[1] if len(args) > 1 else 0.01
+    return aten.leaky_relu_backward(T(args[0]), out, slope, True)  # sign(out) == sign(x) for slope > 0
+
+
+@rule("sigmoid.default")
+def _sigmoid(func, args, kwargs, out, T):
+    return aten.sigmoid_backward(T(args[0]), out)
+
+
+@rule("tanh.default")
+def _tanh(func, args, kwargs, out, T):
+    return aten.tanh_backward(T(args[0]), out)
+
+
+@rule("gelu.default")
+def _gelu(func, args, kwargs, out, T):
+    return aten.gelu_backward(T(args[0]), args[0], approximate=kwargs.get("approximate", "none"))
+
+
+@rule("silu.default")
+def _silu(func, args, kwargs, out, T):
+    return aten.silu_backward(T(args[0]), args[0])
+
+
+@rule("exp.default")
+def _exp(func, args, kwargs, out, T):
+    return T(args[0]) * out
+
+
+@rule("log.default")
+def _log(func, args, kwargs, out, T):
+    return T(args[0]) / args[0]
+
+
+@rule("reciprocal.default")
+def _reciprocal(func, args, kwargs, out, T):
+    return -T(args[0]) * out * out
+
+
+@rule("pow.Tensor_Scalar")
+def _pow(func, args, kwargs, out, T):
+    x, n = args
+    return T(x) * (n * x.pow(n - 1))
+
+
+@rule("sqrt.default")
+def _sqrt(func, args, kwargs, out, T):
+    return T(args[0]) / (2 * out)
+
+
+@rule("abs.default")
+def _abs(func, args, kwargs, out, T):
+    return T(args[0]) * args[0].sign()
+
+
+@rule("clamp.default clamp_min.default clamp_max.default")
+def _clamp(func, args, kwargs, out, T):
+    return T(args[0]) * (out == args[0])  # zero where the bound is active
+
+
+@rule("binary_cross_entropy_with_logits.default")
+def _bce_with_logits(func, args, kwargs, out, T):
+    z, y = args[:2]
+    extra = list(args[2:4]) + [kwargs.get("weight"), kwargs.get("pos_weight")]
+    if T(y) is not None or any(isinstance(e, Tensor) for e in extra):
+        raise TangentUnsupported("binary_cross_entropy_with_logits with a target tangent, weight or pos_weight")
+    t = T(z) * (torch.sigmoid(z) - y)
+    reduction = args[4] if len(args) > 4 else kwargs.get("reduction", 1)  # 0 none, 1 mean, 2 sum
+    return t if reduction == 0 else t.mean() if reduction == 1 else t.sum()
+
+
+@rule("max_pool2d_with_indices.default")
+def _max_pool(func, args, kwargs, out, T):
+    values, indices = out
+    return T(args[0]).flatten(2).gather(2, indices.flatten(2)).view_as(values), None
+
+
+@rule("native_dropout.default")
+def _dropout(func, args, kwargs, out, T):
+    x, p = args[0], args[1]
+    return T(x) * out[1] * (1.0 / (1.0 - p)), None
+
+
+# --- normalisation: symmetric Jacobian in x; scale and shift add x̂·dγ + dβ ---------------------------
+@rule("native_batch_norm.default")
+def _batch_norm(func, args, kwargs, out, T):
+    x, w, b, running_mean, running_var, training, _, eps = args
+    tx, tw, tb = T(x), T(w) if w is not None else None, T(b) if b is not None else None
+    if training:
+        _, mean, invstd = out
+    else:
+        mean, invstd = running_mean, torch.rsqrt(running_var + eps)
+    res = None
+    if tx is not None and training:  # γ·invstd·(tx − mean(tx) − x̂·mean(x̂·tx)): BN's backward of tx
+        res = aten.native_batch_norm_backward(tx, x, w, running_mean, running_var, mean, invstd, True, eps,
+                                              [True, False, False])[0]
+    elif tx is not None:
+        res = tx * _channel(invstd if w is None else invstd * w, x.ndim)
+    shift = None
+    if tw is not None:  # dγ·x̂ = dγ·invstd·x − dγ·invstd·mean
+        scale = tw * invstd
+        res = x * _channel(scale, x.ndim) if res is None else res.addcmul_(x, _channel(scale, x.ndim))
+        shift = -scale * mean
+    shift = _plus(shift, tb)
+    if shift is not None:
+        res = _channel(shift, x.ndim).expand_as(out[0]).clone() if res is None else res.add_(_channel(shift, x.ndim))
+    return res, None, None
+
+
+@rule("native_group_norm.default")
+def _group_norm(func, args, kwargs, out, T):
+    x, w, b, n, c, hw, groups, _ = args
+    tx, tw, tb = T(x), T(w) if w is not None else None, T(b) if b is not None else None
+    _, mean, rstd = out
+    res = None
+    if tx is not None:  # dx̂ by the backward kernel with γ = 1 (γ varies inside a group: not symmetric with it)
+        res = aten.native_group_norm_backward(tx, x, mean, rstd, None, n, c, hw, groups, [True, False, False])[0]
+        res = res if w is None else res.mul_(_channel(w, x.ndim))
+    if tw is not None:
+        shape = (n, groups, -1)
+        xhat = ((x.reshape(shape) - mean.view(n, groups, 1)) * rstd.view(n, groups, 1)).view_as(x)
+        res = _plus(res, xhat * _channel(tw, x.ndim))
+    if tb is not None:
+        res = _plus(res, _channel(tb, x.ndim).expand_as(out[0]).clone())
+    return res, None, None
+
+
+# --- in place ------------------------------------------------------------------------------------
+@rule("add_.Tensor sub_.Tensor", in_place=True)
+def _add_(func, args, kwargs, out, T):
+    self, other = args[:2]
+    op = aten.add.Tensor if func is aten.add_.Tensor else aten.sub.Tensor
+    return op(_or_zeros(T(self), self), _or_zeros(T(other), other), **kwargs)
+
+
+@rule("add_.Scalar sub_.Scalar", in_place=True)
+def _shift_(func, args, kwargs, out, T):
+    return T(args[0])
+
+
+@rule("mul_.Scalar div_.Scalar", in_place=True)
+def _scale_(func, args, kwargs, out, T):
+    return aten.mul.Scalar(T(args[0]), args[1]) if func is aten.mul_.Scalar else aten.div.Scalar(T(args[0]), args[1])
+
+
+@rule("mul_.Tensor div_.Tensor", in_place=True)
+def _scale_by_tensor_(func, args, kwargs, out, T):
+    if T(args[1]) is not None:  # needs the overwritten value of args[0]
+        raise TangentUnsupported(f"{func} by a tensor that has a tangent")
+    return T(args[0]) * args[1] if func is aten.mul_.Tensor else T(args[0]) / args[1]
+
+
+@rule("copy_.default", in_place=True)
+def _copy_(func, args, kwargs, out, T):
+    return T(args[1])
+
+
+@rule("zero_.default fill_.Scalar", in_place=True)
+def _fill_(func, args, kwargs, out, T):
+    return None
+
+
+@dataclass
+class _Plan:
+    """The tangent ops of one forward, learnt on its first run: op and input producers per step, and
+    the last step that reads each producer's tangent, so a replay frees every tangent after it."""
+
+    ops: list = field(default_factory=list)  # func per tangent step
+    reads: list = field(default_factory=list)  # producers (step, slot) of the inputs with a tangent, per step
+    last_read: dict = field(default_factory=dict)  # producer -> last step reading it
+
+
+class _TangentMode(TorchDispatchMode):
+    """Runs every op as usual and, when an input has a tangent, its rule under ``no_grad``.
+
+    Autograd keeps the activations it saved for backward alive, so tangents keyed by them would be
+    too (about twice a plain forward's memory). With a learnt :class:`_Plan` of an identical earlier
+    forward, a tangent is freed after its last reader. A replay checks every step's op and input
+    producers against the plan and stops freeing at the first difference; a freed tangent that is
+    read anyway raises :class:`TangentUnsupported` (never a silent zero).
+    """
+
+    def __init__(self, seeds: Mapping[Tensor, Tensor], plan: Optional[_Plan]) -> None:
+        super().__init__()
+        self.seeds = WeakIdKeyDictionary(dict(seeds))  # e.g. parameters: never freed
+        self.tangents = WeakIdKeyDictionary()  # op outputs -> tangent
+        self.producer = WeakIdKeyDictionary()  # op outputs -> (step, slot)
+        self.freed = WeakIdKeyDictionary()  # tensors whose tangent was freed
+        self.viewed = WeakIdKeyDictionary()  # tensors a view was taken of (in place on them is unsafe)
+        self.replay, self.record = plan, _Plan() if plan is None else None
+        self.step = 0
+
+    def tangent(self, x: object) -> Optional[Tensor]:
+        if not isinstance(x, Tensor):
+            return None
+        if x in self.freed:
+            raise TangentUnsupported("a tangent freed by the plan of an earlier forward was read again")
+        t = self.tangents.get(x)
+        return self.seeds.get(x) if t is None else t
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        inputs = [a for a in _flat([*args, *kwargs.values()]) if isinstance(a, Tensor) and self.tangent(a) is not None]
+        if not inputs:
+            return func(*args, **kwargs)
+        fn = RULES.get(func)
+        if fn is None and "out" not in kwargs:  # fine if nothing differentiable comes out (comparisons, ...)
+            out = func(*args, **kwargs)
+            if not any(isinstance(o, Tensor) and o.is_floating_point() for o in _flat([out])):
+                return out
+        if fn is None or "out" in kwargs:
+            raise TangentUnsupported(f"no tangent rule for {func}" + (" with out=" if fn else ""))
+        if func in IN_PLACE and (args[0]._is_view() or args[0] in self.viewed):
+            raise TangentUnsupported(f"{func} on a view or on a tensor with views")
+        out = func(*args, **kwargs)
+        if fn is _linear_first and _is_view_op(func):
+            self.viewed[args[0]] = True
+        with torch.no_grad():
+            result = fn(func, args, kwargs, out, self.tangent)
+        if fn is _none:  # detach & co. read no tangent: not a step of the plan
+            self._store(out, None, 0)
+            return out
+        self._account(func, inputs)
+        self._store(out, result, 0)
+        self.step += 1
+        return out
+
+    def _account(self, func: object, inputs: list[Tensor]) -> None:
+        reads = [self.producer.get(x) for x in inputs]
+        if self.record is not None:
+            self.record.ops.append(func)
+            self.record.reads.append(reads)
+            self.record.last_read.update((r, self.step) for r in reads if r is not None)
+        elif self.replay is not None:
+            plan, i = self.replay, self.step
+            if i >= len(plan.ops) or plan.ops[i] is not func or plan.reads[i] != reads:
+                self.replay = None  # the forward differs from the plan's: keep every tangent from here on
+                return
+            for x, r in zip(inputs, reads):
+                if r is not None and plan.last_read.get(r) == i and x not in self.freed:
+                    del self.tangents[x]
+                    self.freed[x] = True
+
+    def _store(self, out: object, result: object, slot: int) -> None:
+        if isinstance(out, (tuple, list)):
+            results = result if isinstance(result, (tuple, list)) else [result]
+            for k, (o, t) in enumerate(zip(out, results)):
+                self._store(o, t, k)
+        elif isinstance(out, Tensor) and out.is_floating_point():
+            self.freed.pop(out, None)
+            if result is None:
+                self.tangents.pop(out, None)
+                self.producer.pop(out, None)
+            else:
+                self.tangents[out] = result
+                self.producer[out] = (self.step, slot)
+
+
+def _is_view_op(func: object) -> bool:
+    schema = func._schema
+    return bool(schema.returns) and schema.returns[0].alias_info is not None
+
+
+def _flat(args: Sequence[object]) -> list[object]:
+    out = []
+    for a in args:
+        out.extend(a if isinstance(a, (list, tuple)) else [a])
+    return out
+
+
+_PLANS: "OrderedDict[Hashable, _Plan]" = OrderedDict()  # a few recent forwards' plans, by caller key
+_MAX_PLANS = 8
+
+
+def forward_with_tangent(fn: Callable[[], Tensor], tangents: Mapping[Tensor, Tensor],
+                         plan_key: Optional[Hashable] = None) -> tuple[Tensor, Tensor]:
+    """``(fn(), its directional derivative)`` where the tensors in ``tangents`` move along their values.
+
+    ``fn`` runs normally (under the caller's grad mode, so its graph can be reused); the tangent is
+    computed off the tape. ``plan_key`` names forwards with the same structure (model, shapes, mode):
+    the first one is recorded and later ones free each tangent after its last use. Raises
+    :class:`TangentUnsupported` for an op without a rule, after which ``fn`` has run partially: call it
+    on state you can discard (e.g. cloned buffers).
+    """
+    plan = _PLANS.get(plan_key) if plan_key is not None else None
+    mode = _TangentMode(tangents, plan)
+    with mode:
+        out = fn()
+    if plan_key is not None and mode.record is not None:
+        mode.record.last_read[mode.producer.get(out)] = float("inf")  # the result's tangent is read last
+        _PLANS[plan_key] = mode.record
+        while len(_PLANS) > _MAX_PLANS:
+            _PLANS.popitem(last=False)
+    elif plan_key is not None and mode.replay is None:  # the forward changed: learn it again next time
+        _PLANS.pop(plan_key, None)
+    tangent = mode.tangent(out)
+    return out, torch.zeros_like(out) if tangent is None else tangent

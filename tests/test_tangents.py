@@ -1,0 +1,159 @@
+"""noisyseg.tangents: every rule against torch.autograd.forward_ad in float64, the recorded primal
+graph, unsupported ops and patterns, and the plan that frees tangents after their last use."""
+import pytest
+import torch
+import torch.autograd.forward_ad as fwAD
+import torch.nn.functional as F
+from torch import nn
+
+from noisyseg.tangents import TangentUnsupported, _TangentMode, forward_with_tangent
+
+D = torch.float64
+
+
+def reference(fn, inputs, tangents):
+    """Tangent of ``fn(*inputs)`` by torch.autograd.forward_ad."""
+    with fwAD.dual_level():
+        duals = [fwAD.make_dual(x, t) if t is not None else x for x, t in zip(inputs, tangents)]
+        return fwAD.unpack_dual(fn(*duals)).tangent
+
+
+def check(fn, *shapes, tangent_of=None, positive=False, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    inputs = [torch.randn(s, generator=g, dtype=D) for s in shapes]
+    if positive:
+        inputs = [x.abs() + 0.5 for x in inputs]
+    which = range(len(inputs)) if tangent_of is None else tangent_of
+    tangents = [torch.randn(x.shape, generator=g, dtype=D) if i in which else None for i, x in enumerate(inputs)]
+    expected = reference(fn, [x.clone() for x in inputs], tangents)
+    out, got = forward_with_tangent(lambda: fn(*inputs), {x: t for x, t in zip(inputs, tangents) if t is not None})
+    assert torch.allclose(got, expected, rtol=1e-10, atol=1e-12), (got - expected).abs().max()
+    return out
+
+
+BN_TRAIN = lambda x, w, b: F.batch_norm(x, torch.zeros(3, dtype=D), torch.ones(3, dtype=D), w, b, training=True)
+BN_EVAL = lambda x, w, b: F.batch_norm(x, torch.full((3,), 0.2, dtype=D), torch.full((3,), 1.5, dtype=D), w, b)
+CASES = {
+    "conv2d": (lambda x, w, b: F.conv2d(x, w, b, padding=1), [(2, 3, 6, 6), (4, 3, 3, 3), (4,)]),
+    "conv_transpose": (lambda x, w, b: F.conv_transpose2d(x, w, b, stride=2), [(2, 4, 3, 3), (4, 2, 2, 2), (2,)]),
+    "batch_norm_train": (BN_TRAIN, [(4, 3, 5, 5), (3,), (3,)]),
+    "batch_norm_eval": (BN_EVAL, [(4, 3, 5, 5), (3,), (3,)]),
+    "group_norm": (lambda x, w, b: F.group_norm(x, 2, w, b), [(2, 4, 5, 5), (4,), (4,)]),
+    "relu": (lambda x: F.relu(x), [(3, 7)]),
+    "relu_": (lambda x: F.relu(x * 1.0, inplace=True), [(3, 7)]),
+    "leaky_relu": (lambda x: F.leaky_relu(x, 0.1), [(3, 7)]),
+    "sigmoid_tanh": (lambda x: torch.sigmoid(x) * torch.tanh(x), [(3, 7)]),
+    "gelu_silu": (lambda x: F.gelu(x) + F.silu(x) + F.gelu(x, approximate="tanh"), [(3, 7)]),
+    "exp_reciprocal_pow": (lambda x: torch.exp(x) + 1 / x + x.pow(3) + x**0.5 + x.sqrt() + x.log(), [(3, 7)]),
+    "abs_clamp": (lambda x: x.abs() + x.clamp(-0.5, 0.5) + x.clamp_min(0.1) + x.clamp_max(0.2), [(3, 7)]),
+    "bce_with_logits": (lambda z, y: F.binary_cross_entropy_with_logits(z, y, reduction="none")
+                        + F.binary_cross_entropy_with_logits(z, y) + F.binary_cross_entropy_with_logits(z, y, reduction="sum"),
+                        [(2, 1, 4, 4), (2, 1, 4, 4)]),
+    "max_avg_pool": (lambda x: F.max_pool2d(x, 2) + F.avg_pool2d(x, 2), [(2, 3, 6, 6)]),
+    "upsample": (lambda x: F.interpolate(x, scale_factor=2) + F.interpolate(x, scale_factor=2, mode="bilinear"),
+                 [(2, 3, 4, 4)]),
+    "views": (lambda x: x.permute(0, 2, 1).reshape(2, -1)[:, 1:5].t().unsqueeze(0).squeeze(0).flatten()
+              + x.transpose(1, 2)[0, 0, :1].expand(8), [(2, 5, 2)]),
+    "cat_stack_where": (lambda a, b: torch.cat([a, b], 1).sum(1) + torch.stack([a, b]).mean(0).sum(1)
+                        + torch.where(a > 0, a, b).sum(1), [(3, 4), (3, 4)]),
+    "scalars_and_pad": (lambda x: F.pad(2 - (x + 1) * 3 / 4 - 5, (1, 1), value=7.0) - 1.0, [(3, 4)]),
+    "products": (lambda a, b: a * b / (b.abs() + 1) + a @ b.t() @ a + torch.bmm(a[None], b.t()[None])[0].sum(),
+                 [(4, 4), (4, 4)]),
+    "linear": (lambda x, w, b: F.linear(x, w, b), [(3, 5), (2, 5), (2,)]),
+    "split_pixel_shuffle": (lambda x: sum(t.sum() for t in x.split(2, 1)) + F.pixel_shuffle(x, 2).sum(), [(1, 4, 3, 3)]),
+    "dice_like": (lambda z, y: (torch.sigmoid(z) + y - 2 * torch.sigmoid(z) * y)
+                  * (16 / (torch.sigmoid(z).sum((1, 2, 3), keepdim=True) + y.sum((1, 2, 3), keepdim=True) + 1.0)),
+                  [(2, 1, 4, 4), (2, 1, 4, 4)]),
+    "in_place": (lambda a, b: (a * 1).add_(b, alpha=2).mul_(3).div_(2).sub_(b) + torch.zeros_like(a).copy_(b), [(3, 4), (3, 4)]),
+}
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_rule_matches_forward_ad(name):
+    fn, shapes = CASES[name]
+    positive = name == "exp_reciprocal_pow"
+    tangent_of = [0] if name in ("bce_with_logits", "dice_like") else None  # targets are constants
+    check(fn, *shapes, tangent_of=tangent_of, positive=positive)
+
+
+def test_partial_tangents_and_dropout_mask():
+    check(lambda x, w: F.conv2d(x, w), (2, 3, 5, 5), (2, 3, 3, 3), tangent_of=[1])
+    check(BN_TRAIN, (4, 3, 5, 5), (3,), (3,), tangent_of=[1, 2])  # scale and shift only
+    x, t = torch.randn(4, 6, dtype=D), torch.randn(4, 6, dtype=D)
+    for drop in (lambda v: F.dropout(v, 0.5), lambda v: F.dropout2d(v[None, :, :, None], 0.5).flatten()):
+        torch.manual_seed(3)
+        expected = reference(drop, [x], [t])
+        torch.manual_seed(3)
+        _, got = forward_with_tangent(lambda: drop(x), {x: t})
+        assert torch.allclose(got, expected, rtol=0, atol=1e-12)
+
+
+def test_primal_graph_is_recorded_and_tangent_is_not():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(inplace=True), nn.Conv2d(4, 1, 1)).double()
+    x = torch.randn(2, 3, 8, 8, dtype=D)
+    seeds = {p: torch.randn_like(p) for p in model.parameters()}
+    out, tangent = forward_with_tangent(lambda: model(x), seeds)
+    assert out.requires_grad and not tangent.requires_grad
+    weights = torch.rand_like(out)
+    got = torch.autograd.grad((out * weights).sum(), list(model.parameters()))
+    expected = torch.autograd.grad((model(x) * weights).sum(), list(model.parameters()))
+    assert all(torch.allclose(a, b) for a, b in zip(got, expected))
+
+
+def test_unsupported_ops_and_patterns_raise():
+    x, t = torch.randn(3, 4, dtype=D), torch.randn(3, 4, dtype=D)
+    with pytest.raises(TangentUnsupported, match="no tangent rule"):
+        forward_with_tangent(lambda: torch.sin(x), {x: t})
+    with pytest.raises(TangentUnsupported, match="view"):
+        forward_with_tangent(lambda: (x * 1)[:, :2].relu_(), {x: t})
+    with pytest.raises(TangentUnsupported, match="view"):  # in place on a tensor a view was taken of
+        forward_with_tangent(lambda: [y := x * 1, y[:, :1], y.relu_()][-1], {x: t})
+    with pytest.raises(TangentUnsupported, match="tangent"):
+        forward_with_tangent(lambda: (x * 1).mul_(x), {x: t})
+    # no tangent input: any op is fine
+    out, tangent = forward_with_tangent(lambda: torch.sin(x), {})
+    assert torch.equal(out, torch.sin(x)) and not tangent.any()
+
+
+def live_tangents_after(fn, seeds, key):
+    mode_holder = {}
+    original = _TangentMode.__exit__
+
+    def keep(self, *exc):
+        mode_holder["mode"] = self
+        return original(self, *exc)
+
+    _TangentMode.__exit__ = keep
+    try:
+        out, tangent = forward_with_tangent(fn, seeds, plan_key=key)
+    finally:
+        _TangentMode.__exit__ = original
+    return tangent, len(list(mode_holder["mode"].tangents.keys()))
+
+
+def test_plan_frees_tangents_of_saved_activations_and_keeps_results():
+    torch.manual_seed(0)
+    model = nn.Sequential(*[nn.Sequential(nn.Conv2d(3, 3, 3, padding=1), nn.BatchNorm2d(3), nn.ReLU()) for _ in range(4)]).double()
+    x = torch.randn(2, 3, 8, 8, dtype=D)
+    seeds = {p: torch.randn_like(p) for p in model.parameters()}
+    key = ("test-plan", id(model))
+    first, live_first = live_tangents_after(lambda: model(x), seeds, key)  # records the plan
+    second, live_second = live_tangents_after(lambda: model(x), seeds, key)  # frees by it
+    assert torch.allclose(first, second, rtol=0, atol=1e-12)
+    assert live_first >= 8 and live_second <= 2  # only the output's (and its input's) tangent remain
+
+
+def test_a_forward_that_differs_from_its_plan_is_still_exact():
+    a0, b0 = torch.randn(5, dtype=D), torch.randn(5, dtype=D)
+    ta, tb = torch.randn(5, dtype=D), torch.randn(5, dtype=D)
+    key = "test-diverge"
+    forward_with_tangent(lambda: (a0 * 2).exp() * b0, {a0: ta, b0: tb}, plan_key=key)
+    # same first steps, then reads the first product again after its recorded last use
+    with pytest.raises(TangentUnsupported, match="freed"):
+        forward_with_tangent(lambda: [y := a0 * 2, z := y.exp() * b0, z + y][-1], {a0: ta, b0: tb}, plan_key=key)
+    # a different op sequence: the replay stops freeing, the result stays exact
+    fn = lambda: (a0 * 2).exp() + (a0 * 2).sigmoid() * b0
+    expected = reference(lambda a, b: (a * 2).exp() + (a * 2).sigmoid() * b, [a0, b0], [ta, tb])
+    _, got = forward_with_tangent(fn, {a0: ta, b0: tb}, plan_key=key)
+    assert torch.allclose(got, expected, rtol=1e-12)
