@@ -53,7 +53,7 @@ from torch.func import functional_call
 from noisyseg.distributed import GroupArg, all_reduce_sum, average_gradients, resolve_group, unwrap, world_size
 from noisyseg.errors import ConfigError, NoisysegError
 from noisyseg.registry import Registry
-from noisyseg.tangents import TangentUnsupported, forward_with_tangent
+from noisyseg.tangents import TangentUnsupported, forward_with_tangent, has_plan
 
 Batch = tuple[Tensor, Tensor]  # (images [B, C, H, W], masks [B, 1, H, W])
 LossFn = Callable[[Tensor, Tensor], Tensor]  # (logits, masks) -> per-pixel losses [B, ...]
@@ -170,10 +170,14 @@ def _jvp(p: _Problem) -> _MetaGrad:
     seeds = {params[n]: g for n, g in tangents.items() if g is not None}
     if _any_autocast(p.noisy[0].device):  # autocast caches casts of the parameters: recast inside the pass
         torch.clear_autocast_cache()
+    key = _structure(p)
     try:
+        if p.need_loss and not has_plan(key):  # learn which step last reads each tangent in a lean pass
+            with torch.no_grad():
+                forward_with_tangent(lambda: _loss_map(p, params, p.noisy, p.seeds[0]), seeds, plan_key=key)
         with torch.set_grad_enabled(p.need_loss):
             losses, tangent = forward_with_tangent(
-                lambda: _loss_map(p, params, p.noisy, p.seeds[0], buffers), seeds, plan_key=_structure(p))
+                lambda: _loss_map(p, params, p.noisy, p.seeds[0], buffers), seeds, plan_key=key)
     except TangentUnsupported as err:
         _warn_once(f"meta backend jvp: {err}; using torch.autograd.forward_ad for this model (slower)")
         return _jvp_ad(p, tangents=tangents)
@@ -181,7 +185,8 @@ def _jvp(p: _Problem) -> _MetaGrad:
 
 
 def _structure(p: _Problem) -> tuple:
-    """Forwards with the same key run the same ops on the same shapes (a plan for freeing tangents)."""
+    """Forwards with the same key run the same ops on the same shapes: the key of the plan that frees
+    tangents after their last use (the plan is checked step by step, so a wrong key costs only memory)."""
     images = p.noisy[0]
     loss = getattr(p.loss_fn, "__self__", p.loss_fn)
     return (id(p.model), p.model.training, tuple(images.shape), images.dtype, str(images.device),
@@ -292,7 +297,8 @@ def _meta_gradient(model: nn.Module, loss_fn: LossFn, noisy: Batch, clean: Batch
     if group is not None and backend not in DISTRIBUTED_BACKENDS:
         raise ConfigError(f"the distributed meta step supports backends {DISTRIBUTED_BACKENDS}, got {backend!r}; "
                           "pass process_group='local' for per-rank weights")
-    model = unwrap(model)  # DDP: the meta passes call the inner module functionally
+    if unwrap(model) is not model:  # DDP: the weighted forward must go through the wrapper (its gradient
+        need_loss, model = False, unwrap(model)  # hooks), so no fused backend reuses a meta pass's graph
     _validate(model, noisy, clean, lr, normalize)
     loss_fn = getattr(loss_fn, "per_pixel", loss_fn)  # noisyseg.losses objects: use their per-pixel map
     p = _Problem(model, loss_fn, tuple(noisy), tuple(clean), float(lr), _draw_seeds(), need_loss, group,

@@ -457,13 +457,19 @@ _PLANS: "OrderedDict[Hashable, _Plan]" = OrderedDict()  # a few recent forwards'
 _MAX_PLANS = 8
 
 
+def has_plan(plan_key: Hashable) -> bool:
+    """Whether a forward under ``plan_key`` has been recorded (later ones free tangents early)."""
+    return plan_key in _PLANS
+
+
 def forward_with_tangent(fn: Callable[[], Tensor], tangents: Mapping[Tensor, Tensor],
                          plan_key: Optional[Hashable] = None) -> tuple[Tensor, Tensor]:
     """``(fn(), its directional derivative)`` where the tensors in ``tangents`` move along their values.
 
     ``fn`` runs normally (under the caller's grad mode, so its graph can be reused); the tangent is
     computed off the tape. ``plan_key`` names forwards with the same structure (model, shapes, mode):
-    the first one is recorded and later ones free each tangent after its last use. Raises
+    the first one is recorded and later ones free each tangent after its last use (record it under
+    ``no_grad``, where nothing is saved for backward, to keep that first forward lean too). Raises
     :class:`TangentUnsupported` for an op without a rule, after which ``fn`` has run partially: call it
     on state you can discard (e.g. cloned buffers).
     """
