@@ -168,16 +168,19 @@ def _jvp(p: _Problem) -> _MetaGrad:
     tangents = _clean_gradient(p, params)
     buffers = _buffers(p.model)
     seeds = {params[n]: g for n, g in tangents.items() if g is not None}
-    if _any_autocast(p.noisy[0].device):  # autocast caches casts of the parameters: recast inside the pass
-        torch.clear_autocast_cache()
     key = _structure(p)
+
+    def noisy_pass(buffers: Optional[dict[str, Tensor]] = None) -> tuple[Tensor, Tensor]:
+        if torch.is_autocast_enabled(p.noisy[0].device.type):  # cached casts of the parameters would
+            torch.clear_autocast_cache()  # hide them from the tangent rules: recast inside the pass
+        return forward_with_tangent(lambda: _loss_map(p, params, p.noisy, p.seeds[0], buffers), seeds, plan_key=key)
+
     try:
         if p.need_loss and not has_plan(key):  # learn which step last reads each tangent in a lean pass
             with torch.no_grad():
-                forward_with_tangent(lambda: _loss_map(p, params, p.noisy, p.seeds[0]), seeds, plan_key=key)
+                noisy_pass()
         with torch.set_grad_enabled(p.need_loss):
-            losses, tangent = forward_with_tangent(
-                lambda: _loss_map(p, params, p.noisy, p.seeds[0], buffers), seeds, plan_key=key)
+            losses, tangent = noisy_pass(buffers)
     except TangentUnsupported as err:
         _warn_once(f"meta backend jvp: {err}; using torch.autograd.forward_ad for this model (slower)")
         return _jvp_ad(p, tangents=tangents)
@@ -191,10 +194,6 @@ def _structure(p: _Problem) -> tuple:
     loss = getattr(p.loss_fn, "__self__", p.loss_fn)
     return (id(p.model), p.model.training, tuple(images.shape), images.dtype, str(images.device),
             images.stride(), id(loss), p.params, p.need_loss)
-
-
-def _any_autocast(device: torch.device) -> bool:
-    return torch.is_autocast_enabled(device.type)
 
 
 _WARNED: set[str] = set()

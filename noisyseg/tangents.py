@@ -436,8 +436,8 @@ class _TangentMode(TorchDispatchMode):
             if result is None:
                 self.tangents.pop(out, None)
                 self.producer.pop(out, None)
-            else:
-                self.tangents[out] = result
+            else:  # a tangent has its primal's dtype (rules mixing precisions under autocast may promote)
+                self.tangents[out] = result if result.dtype == out.dtype else result.to(out.dtype)
                 self.producer[out] = (self.step, slot)
 
 

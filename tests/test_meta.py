@@ -333,3 +333,74 @@ def test_bfloat16_autocast_weights_stay_close_to_float32():
         assert (w - exact).abs().sum() / exact.abs().sum() < 0.3
         assert ((w > 0) == (exact > 0)).float().mean() > 0.9
     assert (low["jvp"] - low["autograd"]).abs().sum() / exact.abs().sum() < 0.05
+
+
+class Sine(nn.Module):
+    def forward(self, x):
+        return torch.sin(x)  # no tangent rule in noisyseg.tangents
+
+
+@pytest.mark.parametrize("norm,position", [("batch", "bottleneck"), ("group", "decoder"), ("none", "head")])
+def test_jvp_runs_our_unet_on_its_tangent_rules(norm, position):
+    """The default backend needs no torch.forward_ad fallback for noisyseg's U-Net and losses, in train
+    and eval mode and under bf16 autocast (a fallback would warn), and the fused step's gradient is
+    that of the separate weighted forward."""
+    torch.manual_seed(0)
+    model = UNet(depth=2, base_width=4, norm=norm, dropout=0.3, dropout_position=position).double()
+    noisy, clean = batches()
+    with warnings_as_errors():
+        for train in (True, False):
+            model.train(train)
+            for _ in range(2):  # the second call replays the recorded tangent plan
+                weights_and_rng("jvp", model, BCEDiceLoss(), noisy, clean)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            pixel_weights(model.float(), BCELoss(), tuple(t.float() for t in noisy), tuple(t.float() for t in clean), LR)
+    model.double().train()
+    m1, m2 = copy.deepcopy(model), copy.deepcopy(model)
+    torch.manual_seed(3)
+    fused = MetaReweightedLoss(BCEDiceLoss(), LR)(m1, noisy, clean)
+    torch.manual_seed(3)
+    separate = MetaReweightedLoss(BCEDiceLoss(), LR, backend="jvp_ad")(m2, noisy, clean)
+    fused.loss.backward()
+    separate.loss.backward()
+    for (name, a), b in zip(m1.named_parameters(), m2.parameters()):
+        assert torch.allclose(a.grad, b.grad, rtol=1e-10, atol=1e-14), name
+    for a, b in zip(m1.buffers(), m2.buffers()):  # BN statistics updated once, identically
+        assert torch.equal(a, b)
+
+
+def test_jvp_falls_back_to_forward_ad_for_an_op_without_a_rule():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), Sine(), nn.Conv2d(4, 1, 1)).double()
+    noisy, clean = batches()
+    ref, _ = weights_and_rng("autograd", model, BCELoss(), noisy, clean)
+    meta._WARNED.clear()
+    with pytest.warns(RuntimeWarning, match="no tangent rule for aten.sin"):
+        w, _ = weights_and_rng("jvp", model, BCELoss(), noisy, clean)
+    assert (w - ref).abs().max() <= 1e-10
+
+
+def warnings_as_errors():
+    import warnings
+
+    class _Ctx(warnings.catch_warnings):
+        def __enter__(self):
+            super().__enter__()
+            warnings.simplefilter("error", RuntimeWarning)
+
+    return _Ctx()
+
+
+def test_jvp_under_autocast_matches_forward_ad_on_every_call():
+    """Autocast caches the casts of parameters; the fused pass must still see them (recorded plan or not)."""
+    torch.manual_seed(0)
+    model = UNet(depth=2, base_width=4).train()
+    noisy, clean = batches(torch.float32)
+    models = {backend: copy.deepcopy(model) for backend in ("jvp", "jvp_ad")}
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        for _ in range(2):  # the first jvp call records the tangent plan, the second replays it
+            got = {}
+            for backend, m in models.items():
+                torch.manual_seed(5)
+                got[backend] = MetaReweightedLoss(BCELoss(), LR, backend=backend)(m, noisy, clean).weights.float()
+            assert (got["jvp"] - got["jvp_ad"]).abs().sum() / got["jvp_ad"].abs().sum() < 0.02
