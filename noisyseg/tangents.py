@@ -267,8 +267,9 @@ def _dropout(func, args, kwargs, out, T):
 
 
 # --- normalisation: symmetric Jacobian in x; scale and shift add x̂·dγ + dβ ---------------------------
-@rule("native_batch_norm.default")
+@rule("native_batch_norm.default _native_batch_norm_legit.default cudnn_batch_norm.default miopen_batch_norm.default")
 def _batch_norm(func, args, kwargs, out, T):
+    """Same arguments for all four (CUDA's cuDNN and ROCm's MIOpen kernels return invstd as well)."""
     x, w, b, running_mean, running_var, training, _, eps = args
     tx, tw, tb = T(x), T(w) if w is not None else None, T(b) if b is not None else None
     if training:

@@ -38,6 +38,8 @@ CASES = {
     "conv_transpose": (lambda x, w, b: F.conv_transpose2d(x, w, b, stride=2), [(2, 4, 3, 3), (4, 2, 2, 2), (2,)]),
     "batch_norm_train": (BN_TRAIN, [(4, 3, 5, 5), (3,), (3,)]),
     "batch_norm_eval": (BN_EVAL, [(4, 3, 5, 5), (3,), (3,)]),
+    "batch_norm_legit": (lambda x, w, b: torch.ops.aten._native_batch_norm_legit(  # the rule CUDA's cuDNN BN shares
+        x, w, b, torch.zeros(3, dtype=D), torch.ones(3, dtype=D), True, 0.1, 1e-5)[0], [(4, 3, 5, 5), (3,), (3,)]),
     "group_norm": (lambda x, w, b: F.group_norm(x, 2, w, b), [(2, 4, 5, 5), (4,), (4,)]),
     "relu": (lambda x: F.relu(x), [(3, 7)]),
     "relu_": (lambda x: F.relu(x * 1.0, inplace=True), [(3, 7)]),
