@@ -39,7 +39,8 @@ from noisyseg.meta import META_BACKENDS, MetaReweightedLoss
 from noisyseg.models import UNet
 
 LR = 0.01
-APPROXIMATIONS = ["jvp[head]", "jvp_ad[head]"]  # meta.params=[head]: a virtual step on the output layer only
+APPROXIMATIONS = ["jvp[head]", "jvp_ad[head]", "jvp@2", "jvp@4"]  # meta.params=[head]: a virtual step on the
+# output layer only; @k: meta.clean_every=k, the clean gradient reused for k steps
 TARGETS = {"jvp_ratio_max": 2.5, "higher_over_jvp_min": 2.5, "jvp_mem_ratio_max": 1.5}
 
 
@@ -69,7 +70,8 @@ def _setup(args: argparse.Namespace, size: int, batch: int, device: torch.device
 
 
 def _make_step(method: str, model: torch.nn.Module, noisy, clean) -> Callable[[], None]:
-    """One full training step of ``method`` on its own copy of the model and optimizer."""
+    """One full training step of ``method`` on its own copy of the model and optimizer; for
+    ``backend@k`` (``clean_every=k``) one cycle of k steps, with ``step.steps = k`` to divide by."""
     model = copy.deepcopy(model)
     opt = torch.optim.SGD(model.parameters(), lr=LR, momentum=0.9)
     loss_fn = BCELoss()
@@ -79,17 +81,27 @@ def _make_step(method: str, model: torch.nn.Module, noisy, clean) -> Callable[[]
             loss_fn(model(noisy[0]), noisy[1]).backward()
             opt.step()
         return step
-    backend, _, restricted = method.partition("[")  # "jvp[head]": the virtual step moves only the head
+    backend, every = _parse(method)
+    backend, _, restricted = backend.partition("[")  # "jvp[head]": the virtual step moves only the head
     params = restricted.rstrip("]").split("+") if restricted else None
-    meta = MetaReweightedLoss(loss_fn, LR, backend=backend, zero_policy="uniform", params=params)  # always a backward
+    meta = MetaReweightedLoss(loss_fn, LR, backend=backend, zero_policy="uniform", params=params,  # always a backward
+                              clean_every=every)
 
     def step() -> None:
-        opt.zero_grad(set_to_none=True)
-        result = meta(model, noisy, clean, lr=opt.param_groups[0]["lr"])
-        if result.loss is not None:
-            result.loss.backward()
-            opt.step()
+        for _ in range(every):
+            opt.zero_grad(set_to_none=True)
+            result = meta(model, noisy, clean, lr=opt.param_groups[0]["lr"])
+            if result.loss is not None:
+                result.loss.backward()
+                opt.step()
+    step.steps = every
     return step
+
+
+def _parse(method: str) -> tuple[str, int]:
+    """``"jvp@4"`` -> ("jvp", 4): the clean gradient reused for 4 steps (meta.clean_every)."""
+    backend, _, every = method.partition("@")
+    return backend, int(every) if every else 1
 
 
 def _time(args, methods, size, batch, device, repeats, warmup, desc):
@@ -109,9 +121,9 @@ def _time(args, methods, size, batch, device, repeats, warmup, desc):
                 t0, c0 = time.perf_counter(), time.process_time()
                 steps[m]()
                 _sync(device)
-                if r >= warmup:
-                    wall[m].append(time.perf_counter() - t0)
-                    cpu[m].append(time.process_time() - c0)
+                if r >= warmup:  # per training step (a @k method's call is k steps)
+                    wall[m].append((time.perf_counter() - t0) / getattr(steps[m], "steps", 1))
+                    cpu[m].append((time.process_time() - c0) / getattr(steps[m], "steps", 1))
                 bar.update()
     gpu_mem = {}
     if device.type == "cuda":  # peak allocated during one step, above model, data and optimizer state
@@ -226,7 +238,7 @@ def meta_main(args: argparse.Namespace) -> dict:
     device = _device(args.device)
     methods = ["plain"] + (args.backends.split(",") if args.backends else META_BACKENDS.names() + APPROXIMATIONS)
     for m in methods[1:]:
-        META_BACKENDS.get(m.partition("[")[0])
+        META_BACKENDS.get(_parse(m)[0].partition("[")[0])
     warnings.filterwarnings("ignore", message=".*torch.jit.*", category=DeprecationWarning)
     report = {"device": str(device), "threads": torch.get_num_threads(), "torch": torch.__version__,
               "config": {k: v for k, v in vars(args).items() if k != "func"}, "targets": TARGETS}
@@ -334,7 +346,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--repeats", type=int, default=10, help="timed rounds (median), after --warmup rounds")
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--backends", default="", help="comma-separated meta backends, 'backend[p1+p2]' for a virtual step "
-                   "on parameters p1, p2 only (default: all registered, plus jvp[head] and jvp_ad[head])")
+                   "on parameters p1, p2 only, 'backend@k' for the clean gradient reused over k steps (default: all "
+                   "registered, plus jvp[head], jvp_ad[head], jvp@2 and jvp@4)")
     p.add_argument("--scaling", action="store_true", help="also sizes 64/128/256 and batches 4/8/16, plotted")
     p.add_argument("--scaling-repeats", type=int, default=3, help="timed rounds per scaling point")
     p.add_argument("--plot", default="bench_meta_scaling.png", help="PNG for --scaling")

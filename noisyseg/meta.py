@@ -60,7 +60,8 @@ LossFn = Callable[[Tensor, Tensor], Tensor]  # (logits, masks) -> per-pixel loss
 META_BACKENDS: Registry = Registry("meta backend")
 NORMALIZE = ("batch", "image", "none")
 ZERO_POLICIES = ("skip", "uniform")
-DISTRIBUTED_BACKENDS = ("jvp", "jvp_ad", "jvp_ad_fused")  # the clean gradient g is all-reduced
+FORWARD_MODE_BACKENDS = ("jvp", "jvp_ad", "jvp_ad_fused")  # they compute the clean gradient g explicitly:
+DISTRIBUTED_BACKENDS = FORWARD_MODE_BACKENDS  # all-reduced across ranks, or reused for clean_every steps
 
 
 class MetaInputError(NoisysegError, ValueError):
@@ -78,6 +79,7 @@ class _Problem:
     need_loss: bool  # a fused backend may return the noisy loss map with its graph
     group: Optional[object] = None  # process group of a distributed step, None when local
     params: Optional[tuple[str, ...]] = None  # names/prefixes the virtual step moves; None: all (exact)
+    clean_gradient: Optional[dict[str, Optional[Tensor]]] = None  # g by parameter name: given (reused) or set
 
 
 @dataclass
@@ -143,13 +145,17 @@ def _check_map(losses: Tensor, batch_size: int) -> Tensor:
 
 def _clean_gradient(p: _Problem, params: dict[str, Tensor]) -> dict[str, Optional[Tensor]]:
     """g = ∇L_c(θ) for the parameters the virtual step moves (None where L_c does not reach), on cloned
-    buffers so the clean pass leaves BN statistics alone; all-reduced in a distributed step."""
+    buffers so the clean pass leaves BN statistics alone; all-reduced in a distributed step. A g given
+    in ``p.clean_gradient`` (``clean_every > 1``) is reused; a computed one is kept there."""
+    if p.clean_gradient is not None:
+        return p.clean_gradient
     moved = _stepped(p, params)
     clean_map = _loss_map(p, params, p.clean, p.seeds[1])
     g = torch.autograd.grad(clean_map.mean(), list(moved.values()), allow_unused=True)
     if p.group is not None:  # the global clean gradient: pixel-count-weighted mean over ranks
         g = average_gradients(list(g), clean_map.numel(), p.group)
-    return dict(zip(moved, g))
+    p.clean_gradient = dict(zip(moved, g))
+    return p.clean_gradient
 
 
 def _meta_grad(p: _Problem, losses: Tensor, tangent: Optional[Tensor], buffers: dict[str, Tensor],
@@ -183,7 +189,7 @@ def _jvp(p: _Problem) -> _MetaGrad:
             losses, tangent = noisy_pass(buffers)
     except TangentUnsupported as err:
         _warn_once(f"meta backend jvp: {err}; using torch.autograd.forward_ad for this model (slower)")
-        return _jvp_ad(p, tangents=tangents)
+        return _jvp_ad(p)  # reuses g
     return _meta_grad(p, losses, tangent, buffers, fused=p.need_loss)
 
 
@@ -206,12 +212,12 @@ def _warn_once(message: str) -> None:
 
 
 @META_BACKENDS.register("jvp_ad")
-def _jvp_ad(p: _Problem, fused: bool = False, tangents: Optional[dict[str, Optional[Tensor]]] = None) -> _MetaGrad:
+def _jvp_ad(p: _Problem, fused: bool = False) -> _MetaGrad:
     """``jvp`` with ``torch.autograd.forward_ad`` (the reference for :mod:`noisyseg.tangents`): dual
     parameters (primal θ, tangent g) in a forward-mode pass under ``no_grad``; the weighted update then
     runs its own forward. Parameters g does not reach (or the virtual step does not move) get no tangent."""
     params = _trainable(p.model)
-    tangents = _clean_gradient(p, params) if tangents is None else tangents
+    tangents = _clean_gradient(p, params)
     fused = fused and p.need_loss
     buffers = _buffers(p.model)
     with torch.set_grad_enabled(fused), fwAD.dual_level():
@@ -289,7 +295,8 @@ def _validate(model: nn.Module, noisy: Batch, clean: Batch, lr: float, normalize
 
 def _meta_gradient(model: nn.Module, loss_fn: LossFn, noisy: Batch, clean: Batch, lr: float,
                    backend: str = "jvp", need_loss: bool = False, normalize: str = "batch",
-                   process_group: GroupArg = None, params: Optional[Sequence[str]] = None) -> tuple[_MetaGrad, _Problem]:
+                   process_group: GroupArg = None, params: Optional[Sequence[str]] = None,
+                   clean_gradient: Optional[dict[str, Optional[Tensor]]] = None) -> tuple[_MetaGrad, _Problem]:
     """Validate, draw the two dropout seeds from the global generator and run one backend."""
     run = META_BACKENDS.get(backend)
     group = resolve_group(process_group)
@@ -301,7 +308,7 @@ def _meta_gradient(model: nn.Module, loss_fn: LossFn, noisy: Batch, clean: Batch
     _validate(model, noisy, clean, lr, normalize)
     loss_fn = getattr(loss_fn, "per_pixel", loss_fn)  # noisyseg.losses objects: use their per-pixel map
     p = _Problem(model, loss_fn, tuple(noisy), tuple(clean), float(lr), _draw_seeds(), need_loss, group,
-                 None if params is None else tuple([params] if isinstance(params, str) else params))
+                 None if params is None else tuple([params] if isinstance(params, str) else params), clean_gradient)
     with torch.enable_grad():
         return run(p), p
 
@@ -396,6 +403,9 @@ class MetaReweightedLoss:
         loss_fn, lr, backend, normalize, params: as in :func:`pixel_weights`.
         zero_policy: with all-zero weights, ``"skip"`` the step (loss None) or use the ``"uniform"``
             mean loss.
+        clean_every: 1 (exact) or k > 1: the clean gradient g is computed on every k-th call and reused
+            by the calls in between (a cheaper approximation: g is up to k − 1 updates old; the clean
+            batches of those calls go unused). Forward-mode backends only.
         process_group: as in :func:`pixel_weights`. Distributed, every rank skips or none does, and
             ``loss`` is world size × this rank's share of the global weighted loss (uniform: of the
             global mean), so DDP's averaged gradient is the single-process gradient on all ranks'
@@ -405,8 +415,13 @@ class MetaReweightedLoss:
 
     def __init__(self, loss_fn: LossFn, lr: float, backend: str = "jvp", normalize: str = "batch",
                  zero_policy: str = "skip", process_group: GroupArg = None,
-                 params: Optional[Sequence[str]] = None) -> None:
+                 params: Optional[Sequence[str]] = None, clean_every: int = 1) -> None:
         META_BACKENDS.get(backend)
+        if not (isinstance(clean_every, int) and clean_every >= 1):
+            raise MetaInputError(f"clean_every must be an integer >= 1, got {clean_every!r}")
+        if clean_every > 1 and backend not in FORWARD_MODE_BACKENDS:
+            raise ConfigError(f"clean_every > 1 (a reused clean gradient) needs one of {FORWARD_MODE_BACKENDS}, "
+                              f"got backend {backend!r}")
         if resolve_group(process_group) is not None and backend not in DISTRIBUTED_BACKENDS:  # auto: checked per call
             raise ConfigError(f"the distributed meta step supports backends {DISTRIBUTED_BACKENDS}, got {backend!r}")
         if normalize not in NORMALIZE or zero_policy not in ZERO_POLICIES:
@@ -414,18 +429,24 @@ class MetaReweightedLoss:
                                  f"zero_policy={zero_policy!r} one of {ZERO_POLICIES}")
         self.loss_fn, self.lr, self.backend = loss_fn, lr, backend
         self.normalize, self.zero_policy, self.process_group = normalize, zero_policy, process_group
-        self.params = params
+        self.params, self.clean_every = params, clean_every
         self.counts = {"ok": 0, "all_zero": 0, "non_finite": 0}
+        self.calls, self.clean_gradient = 0, None  # the reused g of clean_every > 1 (state_dict keeps both)
 
     def __call__(self, model: nn.Module, noisy: Batch, clean: Batch, lr: Optional[float] = None) -> MetaResult:
         # 1-3. Meta gradient u from the backend (for jvp: clean gradient, forward-mode pass).
+        reuse = self.clean_gradient if self.calls % self.clean_every else None
         grad, p = _meta_gradient(model, self.loss_fn, noisy, clean, self.lr if lr is None else lr,
                                  self.backend, need_loss=True, normalize=self.normalize,
-                                 process_group=self.process_group, params=self.params)
+                                 process_group=self.process_group, params=self.params, clean_gradient=reuse)
+        self.calls += 1
+        if self.clean_every > 1:
+            self.clean_gradient = p.clean_gradient
         # 4. Weights w̃ = max(−u, 0), normalised (globally in a distributed step), and the step's status.
         weights, status, pixels = _weights(grad.u, self.normalize, p.group)
         if status == "non_finite":
             self.counts["non_finite"] += 1
+            self.calls, self.clean_gradient = 0, None  # never reuse a g that may be the culprit
             warnings.warn("non-finite meta gradient; skipping this step", RuntimeWarning, stacklevel=2)
             return MetaResult(None, weights, "non_finite")
         self.counts[status] += 1

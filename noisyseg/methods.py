@@ -100,12 +100,13 @@ class MetaReweighted(Method):
 
     def __init__(self, loss: PixelLoss, backend: str = "jvp", lr: float | None = None, clean_batch_size: int = 16,
                  normalize: str = "batch", zero_policy: str = "skip", clean_loss_weight: float = 0.0,
-                 params: list[str] | None = None) -> None:
+                 params: list[str] | None = None, clean_every: int = 1) -> None:
         from noisyseg.meta import MetaReweightedLoss  # keeps `import noisyseg.methods` light
 
         super().__init__(loss)
         self.meta_lr, self.clean_batch_size, self.clean_loss_weight = lr, clean_batch_size, clean_loss_weight
-        self.meta_loss = MetaReweightedLoss(loss.per_pixel, lr or 0.0, backend, normalize, zero_policy, params=params)
+        self.meta_loss = MetaReweightedLoss(loss.per_pixel, lr or 0.0, backend, normalize, zero_policy, params=params,
+                                            clean_every=clean_every)
         self.last: dict[str, torch.Tensor] = {}
 
     def batch_sizes(self, batch_size: int) -> dict[str, int]:
@@ -122,10 +123,13 @@ class MetaReweighted(Method):
         return StepOutput(loss, weight_stats(result.weights, noisy["mask"], noisy["true_mask"]))
 
     def state_dict(self) -> dict:
-        return {"counts": dict(self.meta_loss.counts)}
+        meta = self.meta_loss  # the reused clean gradient of clean_every > 1 resumes mid-cycle
+        return {"counts": dict(meta.counts), "calls": meta.calls, "clean_gradient": meta.clean_gradient}
 
     def load_state_dict(self, state: dict) -> None:
         self.meta_loss.counts.update(state.get("counts", {}))
+        self.meta_loss.calls = state.get("calls", 0)
+        self.meta_loss.clean_gradient = state.get("clean_gradient")
 
 
 @torch.no_grad()

@@ -30,7 +30,7 @@ from omegaconf.nodes import BooleanNode, IntegerNode, StringNode
 
 from noisyseg.active.mc import MODES as MC_MODES
 from noisyseg.errors import ConfigError
-from noisyseg.meta import META_BACKENDS, NORMALIZE, ZERO_POLICIES
+from noisyseg.meta import FORWARD_MODE_BACKENDS, META_BACKENDS, NORMALIZE, ZERO_POLICIES
 from noisyseg.models.unet import DROPOUT_POSITIONS, NORMS
 from noisyseg.optim import SCHEDULES
 
@@ -99,6 +99,7 @@ class MetaConfig:
     zero_policy: str = MISSING
     clean_loss_weight: float = MISSING
     params: Optional[List[str]] = MISSING
+    clean_every: int = MISSING
 
 
 # The root is a dict of typed nodes, not a dataclass: experiment files for python -m noisyseg.active add
@@ -209,6 +210,7 @@ RULES: dict[str, Rule] = {
     "meta.normalize": one_of(*NORMALIZE),
     "meta.zero_policy": one_of(*ZERO_POLICIES),
     "meta.clean_loss_weight": at_least(0),
+    "meta.clean_every": at_least(1, integer=True),
     "active.initial": Rule(lambda v: v == "all" or (_is_int(v) and v >= 1), "a count >= 1 or 'all'"),
     "active.rounds": at_least(0, integer=True),
     "active.queries": at_least(1, integer=True),
@@ -263,6 +265,10 @@ def validate(cfg: DictConfig | dict) -> None:
     if _value(cfg, "trainer.compile") is True and _value(cfg, "method.name") == "meta":
         errors.append("trainer.compile=true does not apply to method=meta: the meta step calls the model "
                       "functionally, around the compiled module")
+    every, backend = _value(cfg, "meta.clean_every"), _value(cfg, "meta.backend")
+    if _is_int(every) and every > 1 and backend in META_BACKENDS and backend not in FORWARD_MODE_BACKENDS:
+        errors.append(f"meta.clean_every={every} (a reused clean gradient) needs meta.backend in "
+                      f"{', '.join(FORWARD_MODE_BACKENDS)}, got {backend}")
     if errors:
         raise ConfigError("; ".join(errors))
 

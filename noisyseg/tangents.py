@@ -57,6 +57,8 @@ def _ops(names: str) -> list[object]:
 
 
 def rule(names: str, in_place: bool = False) -> Callable[[Rule], Rule]:
+    """Register the decorated function as the tangent rule of the named aten ops ("name.overload", space
+    separated); ``in_place``: the ops overwrite ``args[0]``, which must then be neither a view nor viewed."""
     def register(fn: Rule) -> Rule:
         for op in _ops(names):
             RULES[op] = fn
@@ -171,17 +173,14 @@ def _addmm(func, args, kwargs, out, T):
 
 
 # --- elementwise: diagonal Jacobian, so the backward kernel is the tangent map --------------------
+@rule("relu_.default", in_place=True)
 @rule("relu.default")
 def _relu(func, args, kwargs, out, T):
     return aten.threshold_backward(T(args[0]), out, 0)
 
 
-@rule("relu_.default", in_place=True)
-def _relu_(func, args, kwargs, out, T):
-    return aten.threshold_backward(T(args[0]), out, 0)
-
-
-@rule("leaky_relu.default leaky_relu_.default", in_place=True)
+@rule("leaky_relu_.default", in_place=True)
+@rule("leaky_relu.default")
 def _leaky_relu(func, args, kwargs, out, T):
     slope = args[1] if len(args) > 1 else 0.01
     return aten.leaky_relu_backward(T(args[0]), out, slope, True)  # sign(out) == sign(x) for slope > 0
@@ -476,8 +475,12 @@ def forward_with_tangent(fn: Callable[[], Tensor], tangents: Mapping[Tensor, Ten
     """
     plan = _PLANS.get(plan_key) if plan_key is not None else None
     mode = _TangentMode(tangents, plan)
-    with mode:
-        out = fn()
+    try:
+        with mode:
+            out = fn()
+    except TangentUnsupported:
+        _PLANS.pop(plan_key, None)  # e.g. the plan freed a tangent this forward reads: learn it again
+        raise
     if plan_key is not None and mode.record is not None:
         mode.record.last_read[mode.producer.get(out)] = float("inf")  # the result's tangent is read last
         _PLANS[plan_key] = mode.record

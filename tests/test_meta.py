@@ -404,3 +404,39 @@ def test_jvp_under_autocast_matches_forward_ad_on_every_call():
                 torch.manual_seed(5)
                 got[backend] = MetaReweightedLoss(BCELoss(), LR, backend=backend)(m, noisy, clean).weights.float()
             assert (got["jvp"] - got["jvp_ad"]).abs().sum() / got["jvp_ad"].abs().sum() < 0.02
+
+
+def test_clean_every_reuses_the_clean_gradient_between_refreshes():
+    """clean_every=k: g comes from every k-th call's clean batch; calls in between ignore theirs."""
+    model = tiny_unet(dropout=0.0)  # so g does not depend on the clean pass's dropout seed
+    noisy, clean = batches()
+    _, other_clean = batches(seed=9)
+    exact = MetaReweightedLoss(BCELoss(), LR)
+    reused = MetaReweightedLoss(BCELoss(), LR, clean_every=2)
+    for call, clean_batch in enumerate([clean, other_clean, other_clean]):
+        torch.manual_seed(call)
+        got = reused(model, noisy, clean_batch).weights
+        torch.manual_seed(call)
+        # calls 0 and 2 refresh g from their own clean batch; call 1 reuses call 0's (a frozen model here)
+        want = exact(model, noisy, clean if call == 1 else clean_batch).weights
+        assert (got - want).abs().max() <= 1e-12, call
+    assert reused.calls == 3 and reused.clean_gradient is not None
+
+
+def test_clean_every_state_round_trip_and_bad_values():
+    from noisyseg.losses import BCELoss as Loss
+    from noisyseg.methods import build_method
+
+    model = tiny_unet()
+    noisy, clean = batches()
+    method = build_method("meta", Loss(), clean_every=3)
+    method.meta_loss(model, noisy, clean, lr=LR)
+    state = method.state_dict()
+    resumed = build_method("meta", Loss(), clean_every=3)
+    resumed.load_state_dict(state)
+    assert resumed.meta_loss.calls == 1
+    assert all(torch.equal(a, state["clean_gradient"][n]) for n, a in resumed.meta_loss.clean_gradient.items())
+    with pytest.raises(MetaInputError, match="clean_every"):
+        MetaReweightedLoss(BCELoss(), LR, clean_every=0)
+    with pytest.raises(ConfigError, match="clean_every"):
+        MetaReweightedLoss(BCELoss(), LR, backend="higher", clean_every=2)

@@ -73,6 +73,8 @@ def with_values(cfg, **values):
     ({"meta__zero_policy": "drop"}, "meta.zero_policy one of skip, uniform"),
     ({"meta__backend": "fast"}, "meta.backend one of"),
     ({"meta__clean_loss_weight": -1}, "meta.clean_loss_weight >= 0"),
+    ({"meta__clean_every": 0}, "meta.clean_every >= 1 (an integer)"),
+    ({"meta__clean_every": 2, "meta__backend": "higher"}, "meta.clean_every=2 (a reused clean gradient) needs"),
     ({"model__dropout": 1.0}, "model.dropout in [0, 1)"),
     ({"device": "gpu"}, "device one of auto, cpu, cuda, cuda:N"),
     ({"seed": -1}, "seed >= 0"),

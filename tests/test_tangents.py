@@ -6,7 +6,7 @@ import torch.autograd.forward_ad as fwAD
 import torch.nn.functional as F
 from torch import nn
 
-from noisyseg.tangents import TangentUnsupported, _TangentMode, forward_with_tangent
+from noisyseg.tangents import TangentUnsupported, _TangentMode, forward_with_tangent, has_plan
 
 D = torch.float64
 
@@ -42,7 +42,7 @@ CASES = {
         x, w, b, torch.zeros(3, dtype=D), torch.ones(3, dtype=D), True, 0.1, 1e-5)[0], [(4, 3, 5, 5), (3,), (3,)]),
     "group_norm": (lambda x, w, b: F.group_norm(x, 2, w, b), [(2, 4, 5, 5), (4,), (4,)]),
     "relu": (lambda x: F.relu(x), [(3, 7)]),
-    "relu_": (lambda x: F.relu(x * 1.0, inplace=True), [(3, 7)]),
+    "relu_": (lambda x: F.relu(x * 1.0, inplace=True) + F.leaky_relu(x * 1.0, 0.1, inplace=True), [(3, 7)]),
     "leaky_relu": (lambda x: F.leaky_relu(x, 0.1), [(3, 7)]),
     "sigmoid_tanh": (lambda x: torch.sigmoid(x) * torch.tanh(x), [(3, 7)]),
     "gelu_silu": (lambda x: F.gelu(x) + F.silu(x) + F.gelu(x, approximate="tanh"), [(3, 7)]),
@@ -154,6 +154,8 @@ def test_a_forward_that_differs_from_its_plan_is_still_exact():
     # same first steps, then reads the first product again after its recorded last use
     with pytest.raises(TangentUnsupported, match="freed"):
         forward_with_tangent(lambda: [y := a0 * 2, z := y.exp() * b0, z + y][-1], {a0: ta, b0: tb}, plan_key=key)
+    assert not has_plan(key)  # dropped: the next forward under this key is recorded afresh
+    forward_with_tangent(lambda: (a0 * 2).exp() * b0, {a0: ta, b0: tb}, plan_key=key)
     # a different op sequence: the replay stops freeing, the result stays exact
     fn = lambda: (a0 * 2).exp() + (a0 * 2).sigmoid() * b0
     expected = reference(lambda a, b: (a * 2).exp() + (a * 2).sigmoid() * b, [a0, b0], [ta, tb])

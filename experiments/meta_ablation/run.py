@@ -21,6 +21,8 @@ VARIANTS: dict[str, list[str]] = {
     "meta_image_norm": ["arm=meta", "meta.normalize=image"],     # every image gets the same total weight
     "meta_all_clean": ["arm=meta", "meta.clean_batch_size=20"],  # the whole expert set in every meta step
     "meta_head": ["arm=meta", "meta.params=[head]"],              # approximation: virtual step on the output layer only
+    "meta_clean_every2": ["arm=meta", "meta.clean_every=2"],      # approximation: clean gradient reused for 2 steps
+    "meta_clean_every4": ["arm=meta", "meta.clean_every=4"],      # ... for 4 steps
     "meta_clean_half": ["arm=meta_clean", "meta.clean_loss_weight=0.5"],
     "flip_clean": ["arm=clean", "noise=flip"],                   # blobs of flipped labels instead of moved borders
     "flip_balanced": ["arm=balanced", "noise=flip"],
