@@ -238,12 +238,19 @@ def train(cfg: DictConfig | dict, run_dir: str | Path | None = None) -> dict[str
     _write_per_image(run_dir / "test_per_image.csv", test_probs >= 0.5, arrays["test"]["masks"] > 0)
     results = {
         "test": test, "val": best["val"], "best_epoch": best["epoch"], "epochs": cfg.trainer.epochs,
-        "steps": trainer.counters["steps"], "skipped_steps": trainer.counters["skipped"], "method_state": method.state_dict(),
+        "steps": trainer.counters["steps"], "skipped_steps": trainer.counters["skipped"], "method_state": _scalars(method.state_dict()),
         "split_sizes": {name: len(a["images"]) for name, a in arrays.items()}, "noise": noise_report(cfg, arrays),
         "device": str(device), "processes": world, "config": resolved,
     }
     write_json(run_dir / "results.json", results)
     return broadcast(results)
+
+
+def _scalars(state: dict) -> dict:
+    """A method's checkpoint state without its tensors (e.g. a reused clean gradient), for results.json."""
+    def has_tensor(v: Any) -> bool:
+        return isinstance(v, torch.Tensor) or isinstance(v, dict) and any(has_tensor(x) for x in v.values())
+    return {k: v for k, v in state.items() if not has_tensor(v)}
 
 
 def _write_per_image(path: Path, pred: np.ndarray, target: np.ndarray) -> None:

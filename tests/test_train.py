@@ -110,6 +110,32 @@ def test_meta_method_end_to_end(tmp_path):
     assert "train_weight_zero_fraction" in header and "train_weight_wrong_right_ratio" in header
 
 
+def test_meta_clean_every_resumes_mid_cycle(tmp_path, monkeypatch):
+    """meta.clean_every=4 over 6 steps: the checkpoint keeps the reused clean gradient, so a run resumed
+    after epoch 0 (3 of 4 steps into the cycle) ends with the uninterrupted run's weights; results.json
+    stays JSON."""
+    cfg = config("method=meta", "meta.clean_batch_size=2", "meta.clean_every=4")
+    full = train(cfg, tmp_path / "full")
+    assert full["method_state"]["calls"] == 6 and "clean_gradient" not in full["method_state"]
+    original = Trainer.train_epoch
+
+    def crash_on_epoch_1(self, epoch):
+        if epoch == 1:
+            raise KeyboardInterrupt
+        return original(self, epoch)
+
+    monkeypatch.setattr(Trainer, "train_epoch", crash_on_epoch_1)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, tmp_path / "part")
+    monkeypatch.setattr(Trainer, "train_epoch", original)
+    cfg.resume = str(tmp_path / "part")
+    resumed = train(cfg)
+    assert resumed["method_state"]["calls"] == 6
+    a = torch.load(tmp_path / "full" / "last.pt", weights_only=True)["model"]
+    b = torch.load(tmp_path / "part" / "last.pt", weights_only=True)["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
 def test_noise_corrupts_only_the_noisy_split(tmp_path):
     results = train(config("noise=morph", "noise.level=1.0", "method=noisy_only"), tmp_path)
     assert results["noise"]["kind"] == "morph" and results["noise"]["realised_dice"] < 0.8
