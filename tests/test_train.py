@@ -65,22 +65,26 @@ def test_method_seam_and_splits_reuse(tmp_path):
     assert json.loads((tmp_path / "a" / "splits.json").read_text()) == json.loads((tmp_path / "b" / "splits.json").read_text())
 
 
+def interrupt_at_epoch(cfg, run_dir: Path, epoch: int, monkeypatch) -> None:
+    """Train ``cfg`` into ``run_dir`` as if Ctrl-C came when ``epoch`` starts."""
+    original = Trainer.train_epoch
+
+    def crash(self, e):
+        if e == epoch:
+            raise KeyboardInterrupt
+        return original(self, e)
+
+    monkeypatch.setattr(Trainer, "train_epoch", crash)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, run_dir)
+    monkeypatch.setattr(Trainer, "train_epoch", original)
+
+
 def test_resume_equals_uninterrupted(tmp_path, monkeypatch):
     cfg = config("trainer.epochs=3", "model.dropout=0.3")
     straight = train(cfg, tmp_path / "straight")
-
-    original = Trainer.train_epoch
-
-    def crash_on_epoch_2(self, epoch):
-        if epoch == 2:
-            raise KeyboardInterrupt
-        return original(self, epoch)
-
-    monkeypatch.setattr(Trainer, "train_epoch", crash_on_epoch_2)
-    with pytest.raises(KeyboardInterrupt):
-        train(cfg, tmp_path / "resumed")
+    interrupt_at_epoch(cfg, tmp_path / "resumed", 2, monkeypatch)
     assert not (tmp_path / "resumed" / "results.json").exists()
-    monkeypatch.setattr(Trainer, "train_epoch", original)
     cfg.resume = str(tmp_path / "resumed")
     resumed = train(cfg)
     assert resumed["test"] == straight["test"]
@@ -117,17 +121,7 @@ def test_meta_clean_every_resumes_mid_cycle(tmp_path, monkeypatch):
     cfg = config("method=meta", "meta.clean_batch_size=2", "meta.clean_every=4")
     full = train(cfg, tmp_path / "full")
     assert full["method_state"]["calls"] == 6 and "clean_gradient" not in full["method_state"]
-    original = Trainer.train_epoch
-
-    def crash_on_epoch_1(self, epoch):
-        if epoch == 1:
-            raise KeyboardInterrupt
-        return original(self, epoch)
-
-    monkeypatch.setattr(Trainer, "train_epoch", crash_on_epoch_1)
-    with pytest.raises(KeyboardInterrupt):
-        train(cfg, tmp_path / "part")
-    monkeypatch.setattr(Trainer, "train_epoch", original)
+    interrupt_at_epoch(cfg, tmp_path / "part", 1, monkeypatch)
     cfg.resume = str(tmp_path / "part")
     resumed = train(cfg)
     assert resumed["method_state"]["calls"] == 6
