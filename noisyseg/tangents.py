@@ -385,10 +385,14 @@ class _TangentMode(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
+        fn = RULES.get(func)
+        if fn is _none:  # detach & co.: no tangent comes out, none is read (not a step of the plan)
+            out = func(*args, **kwargs)
+            self._store(out, None, 0)
+            return out
         inputs = [a for a in _flat([*args, *kwargs.values()]) if isinstance(a, Tensor) and self.tangent(a) is not None]
         if not inputs:
             return func(*args, **kwargs)
-        fn = RULES.get(func)
         if fn is None and "out" not in kwargs:  # fine if nothing differentiable comes out (comparisons, ...)
             out = func(*args, **kwargs)
             if not any(isinstance(o, Tensor) and o.is_floating_point() for o in _flat([out])):
@@ -402,9 +406,6 @@ class _TangentMode(TorchDispatchMode):
             self.viewed[args[0]] = True
         with torch.no_grad():
             result = fn(func, args, kwargs, out, self.tangent)
-        if fn is _none:  # detach & co. read no tangent: not a step of the plan
-            self._store(out, None, 0)
-            return out
         self._account(func, inputs)
         self._store(out, result, 0)
         self.step += 1
