@@ -158,8 +158,8 @@ def _clean_gradient(p: _Problem, params: dict[str, Tensor]) -> dict[str, Optiona
     return p.clean_gradient
 
 
-def _meta_grad(p: _Problem, losses: Tensor, tangent: Optional[Tensor], buffers: dict[str, Tensor],
-               fused: bool) -> _MetaGrad:
+def _from_tangent(p: _Problem, losses: Tensor, tangent: Optional[Tensor], buffers: dict[str, Tensor],
+                  fused: bool) -> _MetaGrad:
     """The tangent of ℓ_i along g is ⟨∇ℓ_i, g⟩, hence u_i = −α ⟨∇ℓ_i, g⟩."""
     u = torch.zeros_like(losses) if tangent is None else -p.lr * tangent.detach()
     return _MetaGrad(u.to(losses.dtype), losses if fused else None, buffers if fused else None)
@@ -176,10 +176,10 @@ def _jvp(p: _Problem) -> _MetaGrad:
     seeds = {params[n]: g for n, g in tangents.items() if g is not None}
     key = _structure(p)
 
-    def noisy_pass(buffers: Optional[dict[str, Tensor]] = None) -> tuple[Tensor, Tensor]:
+    def noisy_pass(on: Optional[dict[str, Tensor]] = None) -> tuple[Tensor, Tensor]:  # on buffers (default: a clone)
         if torch.is_autocast_enabled(p.noisy[0].device.type):  # cached casts of the parameters would
             torch.clear_autocast_cache()  # hide them from the tangent rules: recast inside the pass
-        return forward_with_tangent(lambda: _loss_map(p, params, p.noisy, p.seeds[0], buffers), seeds, plan_key=key)
+        return forward_with_tangent(lambda: _loss_map(p, params, p.noisy, p.seeds[0], on), seeds, plan_key=key)
 
     try:
         if p.need_loss and not has_plan(key):  # learn which step last reads each tangent in a lean pass
@@ -190,7 +190,7 @@ def _jvp(p: _Problem) -> _MetaGrad:
     except TangentUnsupported as err:
         _warn_once(f"meta backend jvp: {err}; using torch.autograd.forward_ad for this model (slower)")
         return _jvp_ad(p)  # reuses g
-    return _meta_grad(p, losses, tangent, buffers, fused=p.need_loss)
+    return _from_tangent(p, losses, tangent, buffers, fused=p.need_loss)
 
 
 def _structure(p: _Problem) -> tuple:
@@ -224,7 +224,7 @@ def _jvp_ad(p: _Problem, fused: bool = False) -> _MetaGrad:
         dual = {n: fwAD.make_dual(w if fused else w.detach(), tangents[n]) if tangents.get(n) is not None
                 else (w if fused else w.detach()) for n, w in params.items()}
         losses, tangent = fwAD.unpack_dual(_loss_map(p, dual, p.noisy, p.seeds[0], buffers))
-    return _meta_grad(p, losses, tangent, buffers, fused)
+    return _from_tangent(p, losses, tangent, buffers, fused)
 
 
 @META_BACKENDS.register("jvp_ad_fused")
