@@ -60,3 +60,17 @@ def shared_or_skip(name: str) -> Path:
     if not path.is_dir():
         pytest.skip(f"{path} is absent (real data samples live in ../shared/data)")
     return path
+
+
+def raise_at_epoch(monkeypatch, epoch: int, error: type[BaseException]) -> None:
+    """Make ``Trainer.train_epoch`` raise ``error`` when ``epoch`` starts: a kill or Ctrl-C mid-run."""
+    from noisyseg.engine import Trainer
+
+    original = Trainer.train_epoch
+
+    def train_epoch(self, e):
+        if e == epoch:
+            raise error
+        return original(self, e)
+
+    monkeypatch.setattr(Trainer, "train_epoch", train_epoch)

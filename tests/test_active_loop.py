@@ -10,12 +10,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import raise_at_epoch
 from hydra import compose, initialize_config_dir
 
 from noisyseg.active.loop import ActiveLoop, run_active
 from noisyseg.active.oracle import OracleError, OracleLog, SimulatedOracle
 from noisyseg.active.pseudo import build_pseudo_policy
-from noisyseg.engine import Trainer
 from noisyseg.errors import ConfigError, DataError
 from noisyseg.methods import CleanOnly, MetaReweighted
 from noisyseg.train import CONFIG_DIR
@@ -54,17 +54,6 @@ class Killed(Exception):
     pass
 
 
-def _kill_at_epoch(monkeypatch, epoch: int) -> None:
-    original = Trainer.train_epoch
-
-    def train_epoch(self, e):
-        if e == epoch:
-            raise Killed
-        return original(self, e)
-
-    monkeypatch.setattr(Trainer, "train_epoch", train_epoch)
-
-
 def _kill_after_oracle(monkeypatch, round_: int) -> None:
     original = OracleLog.record
 
@@ -82,7 +71,7 @@ def test_kill_and_resume_equals_uninterrupted(tmp_path, monkeypatch, kill):
     reference = run_active(cfg, tmp_path / "reference")
     with monkeypatch.context() as patch:
         if kill == "during_training":
-            _kill_at_epoch(patch, 2)  # round 2's fine-tuning epoch
+            raise_at_epoch(patch, 2, Killed)  # round 2's fine-tuning epoch
         else:
             _kill_after_oracle(patch, 2)
         with pytest.raises(Killed):
@@ -103,7 +92,7 @@ def test_kill_and_resume_equals_uninterrupted(tmp_path, monkeypatch, kill):
 def test_an_unfinished_run_is_not_overwritten(tmp_path, monkeypatch):
     cfg = config()
     with monkeypatch.context() as patch:
-        _kill_at_epoch(patch, 1)
+        raise_at_epoch(patch, 1, Killed)
         with pytest.raises(Killed):
             run_active(cfg, tmp_path)
     with pytest.raises(ConfigError, match="resume="):

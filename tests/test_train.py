@@ -10,10 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import raise_at_epoch
 from hydra import compose, initialize_config_dir
 
 from noisyseg.data import build_source
-from noisyseg.engine import Trainer
 from noisyseg.errors import ConfigError, DataError
 from noisyseg.metrics import METRIC_KEYS
 from noisyseg.train import CONFIG_DIR, train
@@ -67,17 +67,10 @@ def test_method_seam_and_splits_reuse(tmp_path):
 
 def interrupt_at_epoch(cfg, run_dir: Path, epoch: int, monkeypatch) -> None:
     """Train ``cfg`` into ``run_dir`` as if Ctrl-C came when ``epoch`` starts."""
-    original = Trainer.train_epoch
-
-    def crash(self, e):
-        if e == epoch:
-            raise KeyboardInterrupt
-        return original(self, e)
-
-    monkeypatch.setattr(Trainer, "train_epoch", crash)
-    with pytest.raises(KeyboardInterrupt):
-        train(cfg, run_dir)
-    monkeypatch.setattr(Trainer, "train_epoch", original)
+    with monkeypatch.context() as patch:
+        raise_at_epoch(patch, epoch, KeyboardInterrupt)
+        with pytest.raises(KeyboardInterrupt):
+            train(cfg, run_dir)
 
 
 def test_resume_equals_uninterrupted(tmp_path, monkeypatch):
