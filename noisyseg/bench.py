@@ -81,9 +81,7 @@ def _make_step(method: str, model: torch.nn.Module, noisy, clean) -> Callable[[]
             loss_fn(model(noisy[0]), noisy[1]).backward()
             opt.step()
         return step
-    backend, every = _parse(method)
-    backend, _, restricted = backend.partition("[")  # "jvp[head]": the virtual step moves only the head
-    params = restricted.rstrip("]").split("+") if restricted else None
+    backend, params, every = _parse(method)
     meta = MetaReweightedLoss(loss_fn, LR, backend=backend, zero_policy="uniform", params=params,  # always a backward
                               clean_every=every)
 
@@ -98,10 +96,12 @@ def _make_step(method: str, model: torch.nn.Module, noisy, clean) -> Callable[[]
     return step
 
 
-def _parse(method: str) -> tuple[str, int]:
-    """``"jvp@4"`` -> ("jvp", 4): the clean gradient reused for 4 steps (meta.clean_every)."""
-    backend, _, every = method.partition("@")
-    return backend, int(every) if every else 1
+def _parse(method: str) -> tuple[str, list[str] | None, int]:
+    """``"jvp[head]"`` -> ("jvp", ["head"], 1): the virtual step moves only the head (meta.params);
+    ``"jvp@4"`` -> ("jvp", None, 4): the clean gradient reused for 4 steps (meta.clean_every)."""
+    method, _, every = method.partition("@")
+    backend, _, restricted = method.partition("[")
+    return backend, restricted.rstrip("]").split("+") if restricted else None, int(every) if every else 1
 
 
 def _time(args, methods, size, batch, device, repeats, warmup, desc):
@@ -238,7 +238,7 @@ def meta_main(args: argparse.Namespace) -> dict:
     device = _device(args.device)
     methods = ["plain"] + (args.backends.split(",") if args.backends else META_BACKENDS.names() + APPROXIMATIONS)
     for m in methods[1:]:
-        META_BACKENDS.get(_parse(m)[0].partition("[")[0])
+        META_BACKENDS.get(_parse(m)[0])
     warnings.filterwarnings("ignore", message=".*torch.jit.*", category=DeprecationWarning)
     report = {"device": str(device), "threads": torch.get_num_threads(), "torch": torch.__version__,
               "config": {k: v for k, v in vars(args).items() if k != "func"}, "targets": TARGETS}

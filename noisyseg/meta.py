@@ -60,8 +60,7 @@ LossFn = Callable[[Tensor, Tensor], Tensor]  # (logits, masks) -> per-pixel loss
 META_BACKENDS: Registry = Registry("meta backend")
 NORMALIZE = ("batch", "image", "none")
 ZERO_POLICIES = ("skip", "uniform")
-FORWARD_MODE_BACKENDS = ("jvp", "jvp_ad", "jvp_ad_fused")  # they compute the clean gradient g explicitly:
-DISTRIBUTED_BACKENDS = FORWARD_MODE_BACKENDS  # all-reduced across ranks, or reused for clean_every steps
+FORWARD_MODE_BACKENDS = ("jvp", "jvp_ad", "jvp_ad_fused")  # g explicit: all-reduced (distributed) or reused (clean_every)
 
 
 class MetaInputError(NoisysegError, ValueError):
@@ -162,7 +161,7 @@ def _from_tangent(p: _Problem, losses: Tensor, tangent: Optional[Tensor], buffer
                   fused: bool) -> _MetaGrad:
     """The tangent of ℓ_i along g is ⟨∇ℓ_i, g⟩, hence u_i = −α ⟨∇ℓ_i, g⟩."""
     u = torch.zeros_like(losses) if tangent is None else -p.lr * tangent.detach()
-    return _MetaGrad(u.to(losses.dtype), losses if fused else None, buffers if fused else None)
+    return _MetaGrad(u, losses if fused else None, buffers if fused else None)
 
 
 @META_BACKENDS.register("jvp")
@@ -240,7 +239,8 @@ def _higher(p: _Problem) -> _MetaGrad:
     import higher  # optional dependency of the reference backend only
 
     if p.params is not None:
-        raise MetaInputError("meta params (a virtual step on some parameters) needs backend jvp, jvp_ad, jvp_ad_fused or autograd")
+        raise MetaInputError("meta params (a virtual step on some parameters) needs backend "
+                             f"{', '.join(FORWARD_MODE_BACKENDS)} or autograd")
     sgd = torch.optim.SGD(list(_trainable(p.model).values()), lr=p.lr)
     # higher clones the parameters (copy_initial_weights=False keeps them on the tape) and buffers.
     with higher.innerloop_ctx(p.model, sgd, copy_initial_weights=False) as (fmodel, diffopt):
@@ -300,8 +300,8 @@ def _meta_gradient(model: nn.Module, loss_fn: LossFn, noisy: Batch, clean: Batch
     """Validate, draw the two dropout seeds from the global generator and run one backend."""
     run = META_BACKENDS.get(backend)
     group = resolve_group(process_group)
-    if group is not None and backend not in DISTRIBUTED_BACKENDS:
-        raise ConfigError(f"the distributed meta step supports backends {DISTRIBUTED_BACKENDS}, got {backend!r}; "
+    if group is not None and backend not in FORWARD_MODE_BACKENDS:
+        raise ConfigError(f"the distributed meta step supports backends {FORWARD_MODE_BACKENDS}, got {backend!r}; "
                           "pass process_group='local' for per-rank weights")
     if unwrap(model) is not model:  # DDP: the weighted forward must go through the wrapper (its gradient
         need_loss, model = False, unwrap(model)  # hooks), so no fused backend reuses a meta pass's graph
@@ -367,7 +367,7 @@ def pixel_weights(model: nn.Module, loss_fn: LossFn, noisy: Batch, clean: Batch,
         normalize: ``"batch"`` (sum 1 over the batch), ``"image"`` (1/B per image) or ``"none"`` (w̃).
         process_group: None (auto: distributed when ``torch.distributed`` runs with world size > 1),
             ``"local"`` (per-rank weights) or a ``ProcessGroup``. Distributed, this rank's slice of the
-            weights one process would give on all ranks' batches concatenated (``jvp`` only).
+            weights one process would give on all ranks' batches concatenated (forward-mode backends).
         params: None (the exact method: the virtual step moves every parameter) or names / dotted-name
             prefixes of the parameters it moves, e.g. ``["head"]``: a cheaper approximation, exact for
             a virtual step restricted to those parameters (every backend but ``higher``).
@@ -422,8 +422,8 @@ class MetaReweightedLoss:
         if clean_every > 1 and backend not in FORWARD_MODE_BACKENDS:
             raise ConfigError(f"clean_every > 1 (a reused clean gradient) needs one of {FORWARD_MODE_BACKENDS}, "
                               f"got backend {backend!r}")
-        if resolve_group(process_group) is not None and backend not in DISTRIBUTED_BACKENDS:  # auto: checked per call
-            raise ConfigError(f"the distributed meta step supports backends {DISTRIBUTED_BACKENDS}, got {backend!r}")
+        if resolve_group(process_group) is not None and backend not in FORWARD_MODE_BACKENDS:  # auto: checked per call
+            raise ConfigError(f"the distributed meta step supports backends {FORWARD_MODE_BACKENDS}, got {backend!r}")
         if normalize not in NORMALIZE or zero_policy not in ZERO_POLICIES:
             raise MetaInputError(f"normalize={normalize!r} must be one of {NORMALIZE} and "
                                  f"zero_policy={zero_policy!r} one of {ZERO_POLICIES}")
