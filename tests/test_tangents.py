@@ -6,7 +6,7 @@ import torch.autograd.forward_ad as fwAD
 import torch.nn.functional as F
 from torch import nn
 
-from noisyseg.tangents import TangentUnsupported, _TangentMode, forward_with_tangent, has_plan
+from noisyseg.tangents import _PLANS, TangentUnsupported, _TangentMode, forward_with_tangent, has_plan
 
 D = torch.float64
 
@@ -118,20 +118,12 @@ def test_unsupported_ops_and_patterns_raise():
     assert torch.equal(out, torch.sin(x)) and not tangent.any()
 
 
-def live_tangents_after(fn, seeds, key):
-    mode_holder = {}
-    original = _TangentMode.__exit__
-
-    def keep(self, *exc):
-        mode_holder["mode"] = self
-        return original(self, *exc)
-
-    _TangentMode.__exit__ = keep
-    try:
-        out, tangent = forward_with_tangent(fn, seeds, plan_key=key)
-    finally:
-        _TangentMode.__exit__ = original
-    return tangent, len(list(mode_holder["mode"].tangents.keys()))
+def live_tangents(model, x, seeds, plan):
+    """The forward's output tangent and how many op-output tangents are still held at its end."""
+    mode = _TangentMode(seeds, plan)
+    with mode:
+        out = model(x)
+    return mode.tangent(out), len(list(mode.tangents.keys()))
 
 
 def test_plan_frees_tangents_of_saved_activations_and_keeps_results():
@@ -140,8 +132,9 @@ def test_plan_frees_tangents_of_saved_activations_and_keeps_results():
     x = torch.randn(2, 3, 8, 8, dtype=D)
     seeds = {p: torch.randn_like(p) for p in model.parameters()}
     key = ("test-plan", id(model))
-    first, live_first = live_tangents_after(lambda: model(x), seeds, key)  # records the plan
-    second, live_second = live_tangents_after(lambda: model(x), seeds, key)  # frees by it
+    forward_with_tangent(lambda: model(x), seeds, plan_key=key)  # records the plan
+    first, live_first = live_tangents(model, x, seeds, None)
+    second, live_second = live_tangents(model, x, seeds, _PLANS[key])  # frees by it
     assert torch.allclose(first, second, rtol=0, atol=1e-12)
     assert live_first >= 8 and live_second <= 2  # only the output's (and its input's) tangent remain
 
