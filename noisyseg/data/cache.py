@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 from typing import Protocol
 
@@ -16,6 +15,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
+from noisyseg.checkpoint import write_atomic
 from noisyseg.data.sources import Source
 
 CACHE_VERSION = 1
@@ -75,9 +75,10 @@ def load_arrays(source: Source, ids: list[str], size: int, cache_dir: str | Path
         with np.load(path) as stored:
             return dict(stored)
     arrays = _decode(source, ids, size, noise, f"decode {split}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
-        np.savez(f, **arrays)
-    os.replace(tmp, path)  # atomic: a reader sees the whole file or none
+    write_atomic(path, lambda tmp: _savez(tmp, arrays))  # a reader sees the whole file or none
     return arrays
+
+
+def _savez(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    with open(path, "wb") as f:  # a file object: np.savez would append ".npz" to a path
+        np.savez(f, **arrays)
