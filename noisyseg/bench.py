@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import functools
 import json
 import random
 import re
@@ -69,16 +70,20 @@ def _setup(args: argparse.Namespace, size: int, batch: int, device: torch.device
     return model, noisy, clean
 
 
-def _make_step(method: str, model: torch.nn.Module, noisy, clean) -> Callable[[], None]:
+def _make_step(method: str, model: torch.nn.Module, noisy, clean, amp: bool = False) -> Callable[[], None]:
     """One full training step of ``method`` on its own copy of the model and optimizer; for
-    ``backend@k`` (``clean_every=k``) one cycle of k steps, with ``step.steps = k`` to divide by."""
+    ``backend@k`` (``clean_every=k``) one cycle of k steps, with ``step.steps = k`` to divide by.
+    ``amp``: the forward passes under bfloat16 autocast, backward outside it, as ``trainer.amp`` does."""
     model = copy.deepcopy(model)
     opt = torch.optim.SGD(model.parameters(), lr=LR, momentum=0.9)
     loss_fn = BCELoss()
+    autocast = functools.partial(torch.autocast, noisy[0].device.type, dtype=torch.bfloat16, enabled=amp)
     if method == "plain":
         def step() -> None:
             opt.zero_grad(set_to_none=True)
-            loss_fn(model(noisy[0]), noisy[1]).backward()
+            with autocast():
+                loss = loss_fn(model(noisy[0]), noisy[1])
+            loss.backward()
             opt.step()
         return step
     backend, params, every = _parse(method)
@@ -88,7 +93,8 @@ def _make_step(method: str, model: torch.nn.Module, noisy, clean) -> Callable[[]
     def step() -> None:
         for _ in range(every):
             opt.zero_grad(set_to_none=True)
-            result = meta(model, noisy, clean, lr=opt.param_groups[0]["lr"])
+            with autocast():
+                result = meta(model, noisy, clean, lr=opt.param_groups[0]["lr"])
             if result.loss is not None:
                 result.loss.backward()
                 opt.step()
@@ -108,7 +114,7 @@ def _time(args, methods, size, batch, device, repeats, warmup, desc):
     from tqdm import tqdm
 
     model, noisy, clean = _setup(args, size, batch, device)
-    steps = {m: _make_step(m, model, noisy, clean) for m in methods}
+    steps = {m: _make_step(m, model, noisy, clean, args.amp) for m in methods}
     wall = {m: [] for m in methods}
     cpu = {m: [] for m in methods}
     order = list(methods)
@@ -153,7 +159,7 @@ def _rss_worker(args: argparse.Namespace) -> None:
     device = _device(args.device)
     model, noisy, clean = _setup(args, args.size, args.batch, device)
     if args.method != "none":
-        step = _make_step(args.method, model, noisy, clean)
+        step = _make_step(args.method, model, noisy, clean, args.amp)
         for _ in range(2):
             step()
     print(json.dumps({"maxrss_mb": _peak_rss_mb()}))
@@ -163,7 +169,7 @@ def _cpu_mem(args, methods, size, batch) -> dict[str, float]:
     def run(method: str) -> float:
         cmd = [sys.executable, "-m", "noisyseg.bench", "_rss", "--method", method, "--size", str(size),
                "--batch", str(batch), "--base-width", str(args.base_width), "--depth", str(args.depth),
-               "--device", "cpu"] + (["--channels-last"] if args.channels_last else [])
+               "--device", "cpu"] + (["--channels-last"] if args.channels_last else []) + (["--amp"] if args.amp else [])
         out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
         return json.loads(out.strip().splitlines()[-1])["maxrss_mb"]
 
@@ -336,6 +342,7 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--depth", type=int, default=4)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
     p.add_argument("--channels-last", action="store_true", help="model and images in channels_last")
+    p.add_argument("--amp", action="store_true", help="forward passes under bfloat16 autocast (as trainer.amp)")
 
 
 def main(argv: list[str] | None = None) -> None:

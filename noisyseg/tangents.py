@@ -268,11 +268,12 @@ def _dropout(func, args, kwargs, out, T):
 # --- normalisation: symmetric Jacobian in x; scale and shift add x̂·dγ + dβ ---------------------------
 @rule("native_batch_norm.default _native_batch_norm_legit.default cudnn_batch_norm.default miopen_batch_norm.default")
 def _batch_norm(func, args, kwargs, out, T):
-    """Same arguments for all four (CUDA's cuDNN and ROCm's MIOpen kernels return invstd as well)."""
+    """Same arguments for all four. Outputs: (y, saved mean, saved invstd), and cuDNN adds a reserve buffer;
+    its saved "variance" is the inverse standard deviation, as native's."""
     x, w, b, running_mean, running_var, training, _, eps = args
     tx, tw, tb = T(x), T(w) if w is not None else None, T(b) if b is not None else None
     if training:
-        _, mean, invstd = out
+        mean, invstd = out[1], out[2]
     else:
         mean, invstd = running_mean, torch.rsqrt(running_var + eps)
     res = None
@@ -404,8 +405,13 @@ class _TangentMode(TorchDispatchMode):
         out = func(*args, **kwargs)
         if fn is _linear_first and _is_view_op(func):
             self.viewed[args[0]] = True
-        with torch.no_grad():
-            result = fn(func, args, kwargs, out, self.tangent)
+        try:
+            with torch.no_grad():
+                result = fn(func, args, kwargs, out, self.tangent)
+        except TangentUnsupported:
+            raise
+        except Exception as err:  # e.g. an overload whose outputs differ on another device or torch version:
+            raise TangentUnsupported(f"the tangent rule of {func} failed: {err!r}") from err  # fall back, not crash
         self._account(func, inputs)
         self._store(out, result, 0)
         self.step += 1

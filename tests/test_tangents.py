@@ -6,7 +6,7 @@ import torch.autograd.forward_ad as fwAD
 import torch.nn.functional as F
 from torch import nn
 
-from noisyseg.tangents import _PLANS, TangentUnsupported, _TangentMode, forward_with_tangent, has_plan
+from noisyseg.tangents import _PLANS, RULES, TangentUnsupported, _TangentMode, forward_with_tangent, has_plan
 
 D = torch.float64
 
@@ -78,6 +78,22 @@ def test_rule_matches_forward_ad(name):
     check(fn, *shapes, tangent_of=tangent_of, positive=positive)
 
 
+
+def test_batch_norm_rule_reads_cudnn_outputs():
+    """cuDNN's batch norm returns a fourth output (a reserve buffer) after the saved mean and invstd; the
+    rule reads those by position, so given cuDNN-shaped outputs it gives native's tangent."""
+    g = torch.Generator().manual_seed(0)
+    x, w, b, tx, tw, tb = (torch.randn(s, generator=g, dtype=D) for s in [(4, 3, 5, 5), (3,), (3,)] * 2)
+    args = (x, w, b, torch.zeros(3, dtype=D), torch.ones(3, dtype=D), True, 0.1, 1e-5)
+    out = torch.ops.aten.native_batch_norm(*args)
+    T = {id(x): tx, id(w): tw, id(b): tb}.get
+    rule = RULES[torch.ops.aten.cudnn_batch_norm.default]
+    native = rule(torch.ops.aten.native_batch_norm.default, args, {}, out, lambda t: T(id(t)))[0]
+    cudnn = rule(torch.ops.aten.cudnn_batch_norm.default, args, {}, (*out, torch.empty(0, dtype=torch.uint8)),
+                 lambda t: T(id(t)))[0]
+    assert torch.equal(native, cudnn)
+    assert torch.allclose(native, reference(BN_TRAIN, [x, w, b], [tx, tw, tb]), rtol=1e-10, atol=1e-12)
+
 def test_partial_tangents_and_dropout_mask():
     check(lambda x, w: F.conv2d(x, w), (2, 3, 5, 5), (2, 3, 3, 3), tangent_of=[1])
     check(BN_TRAIN, (4, 3, 5, 5), (3,), (3,), tangent_of=[1, 2])  # scale and shift only
@@ -116,6 +132,18 @@ def test_unsupported_ops_and_patterns_raise():
     # no tangent input: any op is fine
     out, tangent = forward_with_tangent(lambda: torch.sin(x), {})
     assert torch.equal(out, torch.sin(x)) and not tangent.any()
+
+
+def test_a_failing_rule_is_unsupported_not_a_crash(monkeypatch):
+    """A rule that breaks (say, an overload with other outputs on another device or torch version) makes
+    the caller fall back to forward_ad instead of crashing the training step."""
+    def broken(func, args, kwargs, out, T):
+        raise ValueError("too many values to unpack")
+
+    monkeypatch.setitem(RULES, torch.ops.aten.mul.Tensor, broken)
+    x, t = torch.randn(3, dtype=D), torch.randn(3, dtype=D)
+    with pytest.raises(TangentUnsupported, match="rule of aten.mul.Tensor failed: ValueError"):
+        forward_with_tangent(lambda: x * x, {x: t})
 
 
 def live_tangents(model, x, seeds, plan):

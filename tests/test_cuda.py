@@ -1,0 +1,149 @@
+"""The CUDA path: what only a GPU exercises (cuDNN batch norm in the tangent rules, CUDA RNG forks,
+bf16 autocast on CUDA, ``device=cuda`` training). Skipped without CUDA; ``experiments/gpu/check.sh``
+runs it on a GPU machine, CI has none."""
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from test_train import config
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from noisyseg import meta
+from noisyseg.active import mc_predict
+from noisyseg.losses import BCEDiceLoss, BCELoss
+from noisyseg.meta import META_BACKENDS, MetaReweightedLoss, pixel_weights
+from noisyseg.models import UNet
+from noisyseg.train import train
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(),
+                                reason="needs CUDA: run experiments/gpu/check.sh on a GPU machine")
+CUDA = torch.device("cuda")
+LR = 0.1
+
+
+@pytest.fixture(autouse=True)
+def no_tf32():
+    """cuDNN convolutions default to TF32 (10-bit mantissa) on Ampere and newer: float32 checks need float32."""
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    yield
+    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
+def unet(dtype, norm="batch", position="decoder", dropout=0.3):
+    torch.manual_seed(0)
+    model = UNet(depth=2, base_width=4, norm=norm, dropout=dropout, dropout_position=position)
+    return model.to(CUDA, dtype).train()
+
+
+def batches(dtype, size=16):
+    g = torch.Generator().manual_seed(1)
+
+    def batch(b):
+        return (torch.randn(b, 3, size, size, generator=g, dtype=dtype).to(CUDA),
+                (torch.rand(b, 1, size, size, generator=g) > 0.5).to(CUDA, dtype))
+    return batch(3), batch(2)
+
+
+def weights(backend, model, noisy, clean, loss=None, seed=7):
+    torch.manual_seed(seed)
+    return pixel_weights(model, loss or BCEDiceLoss(), noisy, clean, LR, backend=backend)
+
+
+class OpLog(TorchDispatchMode):
+    def __init__(self):
+        super().__init__()
+        self.ops = set()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.ops.add(func)
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("mode", ["train", "eval"])
+def test_backends_agree_float64_on_cuda(mode):
+    model = unet(torch.float64)
+    model.train(mode == "train")
+    noisy, clean = batches(torch.float64)
+    ref = weights("autograd", model, noisy, clean)
+    assert ref.sum() > 0
+    for backend in META_BACKENDS.names():
+        assert (weights(backend, model, noisy, clean) - ref).abs().max() <= 1e-10, backend
+
+
+@pytest.mark.filterwarnings("error::RuntimeWarning")  # a forward_ad fallback would warn
+@pytest.mark.parametrize("norm", ["batch", "group", "none"])
+def test_fused_step_runs_on_its_rules_and_matches_forward_ad_float32(norm):
+    """float32 batch norm on CUDA is cuDNN's kernel: its tangent rule, the recorded plan's replay and
+    the fused step's gradient and BN statistics against the separate forward_ad step."""
+    meta._WARNED.clear()
+    model = unet(torch.float32, norm=norm)
+    noisy, clean = batches(torch.float32)
+    if norm == "batch" and torch.backends.cudnn.is_available():
+        with OpLog() as log, torch.no_grad():
+            model(noisy[0])
+        assert torch.ops.aten.cudnn_batch_norm.default in log.ops
+    m1, m2 = copy.deepcopy(model), copy.deepcopy(model)
+    for _ in range(2):  # the first jvp call records the tangent plan, the second replays it
+        torch.manual_seed(3)
+        fused = MetaReweightedLoss(BCEDiceLoss(), LR)(m1, noisy, clean)
+        torch.manual_seed(3)
+        separate = MetaReweightedLoss(BCEDiceLoss(), LR, backend="jvp_ad")(m2, noisy, clean)
+        assert (fused.weights - separate.weights).abs().max() <= 1e-5 * separate.weights.max()
+        for m in (m1, m2):
+            m.zero_grad()
+        fused.loss.backward()
+        separate.loss.backward()
+        for (name, a), b in zip(m1.named_parameters(), m2.parameters()):
+            assert torch.allclose(a.grad, b.grad, rtol=1e-4, atol=1e-7), name
+        for a, b in zip(m1.buffers(), m2.buffers()):
+            assert torch.allclose(a.float(), b.float(), rtol=1e-5, atol=1e-7)
+
+
+def test_bf16_autocast_on_cuda_matches_forward_ad():
+    model = unet(torch.float32)
+    noisy, clean = batches(torch.float32)
+    models = {backend: copy.deepcopy(model) for backend in ("jvp", "jvp_ad")}
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        for _ in range(2):
+            got = {}
+            for backend, m in models.items():
+                torch.manual_seed(5)
+                got[backend] = MetaReweightedLoss(BCELoss(), LR, backend=backend)(m, noisy, clean).weights.float()
+            assert (got["jvp"] - got["jvp_ad"]).abs().sum() / got["jvp_ad"].abs().sum() < 0.02
+
+
+def test_cuda_generator_is_forked_not_consumed():
+    """Dropout runs in forked generators seeded from two draws of the CPU generator: the same seed gives
+    the same weights, and the global CUDA generator is left where it was."""
+    model = unet(torch.float32, dropout=0.5)
+    noisy, clean = batches(torch.float32)
+    got = []
+    for _ in range(2):
+        torch.manual_seed(4)
+        before = torch.cuda.get_rng_state()
+        got.append(pixel_weights(model, BCEDiceLoss(), noisy, clean, LR))
+        assert torch.equal(before, torch.cuda.get_rng_state())
+    assert torch.equal(*got)
+
+
+@pytest.mark.parametrize("position", ["bottleneck", "head"])
+def test_mc_loop_equals_naive_on_cuda(position):
+    model = unet(torch.float32, position=position, dropout=0.5).eval()
+    x = torch.randn(3, 3, 16, 16, device=CUDA)
+    out = {}
+    for mode in ("naive", "loop"):
+        torch.manual_seed(123)
+        out[mode] = mc_predict(model, x, samples=4, mode=mode)
+    assert torch.equal(out["loop"], out["naive"]) and (out["loop"].std(dim=0) > 0).any()
+
+
+@pytest.mark.parametrize("amp", [False, True])
+def test_meta_training_on_cuda_end_to_end(tmp_path, amp):
+    results = train(config("method=meta", "device=cuda", f"trainer.amp={str(amp).lower()}",
+                           "meta.clean_batch_size=2"), tmp_path)
+    assert results["config"]["device"] == "cuda"
+    assert sum(results["method_state"]["counts"].values()) == 6
+    assert all(v == v for v in results["test"].values())  # finite metrics, no NaN
