@@ -2,8 +2,9 @@
 # The GPU check, one prepared command for a device machine (README, "GPU check"). After
 # `bash experiments/gpu/wheels.sh` here:  run(command="bash experiments/gpu/check.sh", carry=[".whl"])
 # Installs the carried wheels, then: the CUDA tests (and the meta/tangent suites, on that torch), the
-# meta-step benchmark (float32; sizes and batches; bf16 autocast), the MC-dropout benchmark and the
-# meta training job on the GPU. Everything lands in $OUT (check.log and at most 7 more files).
+# meta-step benchmark (float32; sizes and batches; bf16 autocast), the MC-dropout benchmark, the
+# meta training job and a short CEAL + meta loop on the GPU. Everything lands in $OUT (check.log and at
+# most 7 more files).
 # A dry run on CPU: OUT=/tmp/gpu_out DEVICE=cpu QUICK=1 bash experiments/gpu/check.sh
 set -uo pipefail
 cd "$(dirname "$0")/../.."
@@ -37,5 +38,6 @@ step python3 -m noisyseg.bench mc --device "$DEVICE" ${QUICK:+--size 32 --depth 
   --json "$OUT/mc_gpu.json"
 step python3 -m noisyseg.train method=meta device="$DEVICE" "${train[@]}" hydra.run.dir=/tmp/gpu_train_meta
 cp /tmp/gpu_train_meta/results.json "$OUT/train_meta_gpu.json" 2>/dev/null
+step python3 -m noisyseg.active method=meta device="$DEVICE" debug=fast hydra.run.dir=/tmp/gpu_active  # a smoke test
 echo; echo "== done ($(date +%T)); failed: ${failed[*]:-none}"
 [ ${#failed[@]} -eq 0 ]
