@@ -17,8 +17,8 @@ from noisyseg.meta import META_BACKENDS, MetaReweightedLoss, pixel_weights
 from noisyseg.models import UNet
 from noisyseg.train import train
 
-pytestmark = pytest.mark.skipif(not torch.cuda.is_available(),
-                                reason="needs CUDA: run experiments/gpu/check.sh on a GPU machine")
+if not torch.cuda.is_available():
+    pytest.skip("needs CUDA: run experiments/gpu/check.sh on a GPU machine", allow_module_level=True)
 CUDA = torch.device("cuda")
 LR = 0.1
 
