@@ -2,9 +2,9 @@
 # The GPU check, one prepared command for a device machine (README, "GPU check"). After
 # `bash experiments/gpu/wheels.sh` here:  run(command="bash experiments/gpu/check.sh", carry=[".whl"])
 # Installs the carried wheels, then: the CUDA tests (and the meta/tangent suites, on that torch), the
-# meta-step benchmark (float32; sizes and batches; bf16 autocast), the MC-dropout benchmark, the
-# meta training job and a short CEAL + meta loop on the GPU. Everything lands in $OUT (check.log and at
-# most 7 more files).
+# meta-step benchmark (float32; sizes and batches; bf16 autocast, also with channels_last), the
+# MC-dropout benchmark, the meta training job and a short CEAL + meta loop on the GPU. Everything
+# lands in $OUT: check.log and 7 more files, the most a device run returns.
 # A dry run on CPU: OUT=/tmp/gpu_out DEVICE=cpu QUICK=1 bash experiments/gpu/check.sh
 set -uo pipefail
 cd "$(dirname "$0")/../.."
@@ -34,6 +34,8 @@ step python3 -m noisyseg.bench meta --device "$DEVICE" --backends jvp,jvp_ad,hig
   --scaling-repeats 10 --json "$OUT/meta_scaling_gpu.json" --plot "$OUT/meta_scaling_gpu.png"
 step python3 -m noisyseg.bench meta --device "$DEVICE" --backends jvp,jvp_ad,higher,jvp@2 --amp --repeats 30 "${size[@]}" \
   --json "$OUT/meta_gpu_amp.json"
+step python3 -m noisyseg.bench meta --device "$DEVICE" --backends jvp,jvp_ad --amp --channels-last --repeats 30 "${size[@]}" \
+  --json "$OUT/meta_gpu_amp_cl.json"  # the README's one-GPU setting
 step python3 -m noisyseg.bench mc --device "$DEVICE" ${QUICK:+--size 32 --depth 2 --base-width 4 --repeats 1} \
   --json "$OUT/mc_gpu.json"
 step python3 -m noisyseg.train method=meta device="$DEVICE" "${train[@]}" hydra.run.dir=/tmp/gpu_train_meta
