@@ -24,6 +24,11 @@ LOCAL = "local"  # process_group value that turns the distributed meta step off
 GroupArg = Union[None, str, Any]  # None (auto), "local", or a torch.distributed ProcessGroup
 
 
+def _running() -> bool:
+    """Whether this process is part of an initialised ``torch.distributed`` job."""
+    return dist.is_available() and dist.is_initialized()
+
+
 def resolve_group(process_group: GroupArg = None) -> Optional[Any]:
     """The group the meta step reduces over, or None for a local (single-process) step.
 
@@ -37,7 +42,7 @@ def resolve_group(process_group: GroupArg = None) -> Optional[Any]:
         return None
     if process_group is not None:
         return process_group
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+    if _running() and dist.get_world_size() > 1:
         return dist.group.WORLD
     return None
 
@@ -101,13 +106,20 @@ def setup(device: str) -> tuple[int, int, torch.device]:
     return dist.get_rank(), dist.get_world_size(), target
 
 
+def data_parallel(net: nn.Module, device: torch.device, world: int) -> nn.Module:
+    """``net`` wrapped in ``DistributedDataParallel`` when ``world > 1`` (one GPU per process on CUDA), else ``net``."""
+    if world == 1:
+        return net
+    return nn.parallel.DistributedDataParallel(net, device_ids=[device] if device.type == "cuda" else None)
+
+
 def is_main() -> bool:
     """True in a single process and on rank 0: the process that writes files."""
-    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
+    return not _running() or dist.get_rank() == 0
 
 
 def barrier() -> None:
-    if dist.is_available() and dist.is_initialized():
+    if _running():
         dist.barrier()
 
 
@@ -124,7 +136,7 @@ def main_first() -> Iterator[None]:
 
 def broadcast(obj: Any) -> Any:
     """Rank 0's ``obj`` on every rank (a no-op in a single process)."""
-    if not (dist.is_available() and dist.is_initialized()):
+    if not _running():
         return obj
     box = [obj]
     dist.broadcast_object_list(box, src=0)
@@ -133,7 +145,7 @@ def broadcast(obj: Any) -> Any:
 
 def gather(obj: Any) -> list[Any]:
     """Every rank's ``obj``, in rank order, on every rank (``[obj]`` in a single process)."""
-    if not (dist.is_available() and dist.is_initialized()):
+    if not _running():
         return [obj]
     out: list[Any] = [None] * dist.get_world_size()
     dist.all_gather_object(out, obj)
@@ -142,7 +154,7 @@ def gather(obj: Any) -> list[Any]:
 
 def mean_over_ranks(values: dict[str, float]) -> dict[str, float]:
     """Per-key mean over the ranks that logged the key (epoch logs; one small gather per epoch)."""
-    if not (dist.is_available() and dist.is_initialized()):
+    if not _running():
         return values
     gathered: list[dict[str, float]] = [{} for _ in range(dist.get_world_size())]
     dist.all_gather_object(gathered, values)

@@ -16,7 +16,6 @@ import torch
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
-from torch.nn.parallel import DistributedDataParallel
 
 from noisyseg.checkpoint import load_checkpoint, prepare_run_dir, save_checkpoint, write_image, write_json
 from noisyseg.data.cache import load_arrays
@@ -24,7 +23,7 @@ from noisyseg.data.dataset import SegmentationDataset
 from noisyseg.data.sources import build_source
 from noisyseg.data.splits import load_manifest, make_splits, save_manifest
 from noisyseg.data.transforms import build_transform
-from noisyseg.distributed import barrier, broadcast, is_main, main_first, setup, unwrap
+from noisyseg.distributed import barrier, broadcast, data_parallel, is_main, main_first, setup, unwrap
 from noisyseg.engine import Trainer, TrainingDiverged, evaluate
 from noisyseg.errors import ConfigError, DataError, NoisysegError
 from noisyseg.losses import build_loss
@@ -189,7 +188,7 @@ def train(cfg: DictConfig | dict, run_dir: str | Path | None = None) -> dict[str
     net = build_model(cfg.model.name, **node_kwargs(cfg.model)).to(device)
     if cfg.trainer.channels_last:
         net = net.to(memory_format=torch.channels_last)  # convolutions then take NHWC inputs as they come
-    model = DistributedDataParallel(net, device_ids=[device] if device.type == "cuda" else None) if world > 1 else net
+    model = data_parallel(net, device, world)
     if cfg.trainer.compile:
         model = torch.compile(model)
     total_steps = cfg.trainer.epochs * cfg.trainer.steps_per_epoch

@@ -31,7 +31,6 @@ from typing import Any
 import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
-from torch.nn.parallel import DistributedDataParallel
 
 from noisyseg.active.mc import dropout_modules, mc_predict, predict
 from noisyseg.active.oracle import OracleLog, SimulatedOracle
@@ -43,7 +42,7 @@ from noisyseg.data.cache import load_arrays
 from noisyseg.data.dataset import SegmentationDataset, to_tensor
 from noisyseg.data.sources import build_source
 from noisyseg.data.splits import make_splits, save_manifest
-from noisyseg.distributed import barrier, gather, is_main, main_first, setup
+from noisyseg.distributed import barrier, data_parallel, gather, is_main, main_first, setup
 from noisyseg.engine import Trainer, epoch_seed, evaluate
 from noisyseg.errors import ConfigError, DataError
 from noisyseg.losses import build_loss
@@ -157,8 +156,7 @@ class ActiveLoop:
     def _new_model(self) -> None:
         torch.manual_seed(self.cfg.seed)  # initialisation, also for a retrain from scratch
         self.net = build_model(self.cfg.model.name, **node_kwargs(self.cfg.model)).to(self.device)
-        device_ids = [self.device] if self.device.type == "cuda" else None
-        self.model = DistributedDataParallel(self.net, device_ids=device_ids) if self.world > 1 else self.net  # trains
+        self.model = data_parallel(self.net, self.device, self.world)  # trains; self.net evaluates
         self.optimizer, self.scheduler = build_optimizer(
             self.net.parameters(), self.schedule_epochs * self.cfg.trainer.steps_per_epoch, **node_kwargs(self.cfg.optim))
 
