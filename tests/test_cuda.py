@@ -7,6 +7,8 @@ import copy
 
 import pytest
 import torch
+from test_meta import batches as cpu_batches
+from test_meta import LR, tiny_unet, weights_and_rng
 from test_train import config
 from torch.utils._python_dispatch import TorchDispatchMode
 
@@ -14,13 +16,11 @@ from noisyseg import meta
 from noisyseg.active import mc_predict
 from noisyseg.losses import BCEDiceLoss, BCELoss
 from noisyseg.meta import META_BACKENDS, MetaReweightedLoss, pixel_weights
-from noisyseg.models import UNet
 from noisyseg.train import train
 
 if not torch.cuda.is_available():
     pytest.skip("needs CUDA: run experiments/gpu/check.sh on a GPU machine", allow_module_level=True)
 CUDA = torch.device("cuda")
-LR = 0.1
 
 
 @pytest.fixture(autouse=True)
@@ -32,24 +32,12 @@ def no_tf32():
     torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
 
 
-def unet(dtype, norm="batch", position="decoder", dropout=0.3):
-    torch.manual_seed(0)
-    model = UNet(depth=2, base_width=4, norm=norm, dropout=dropout, dropout_position=position)
-    return model.to(CUDA, dtype).train()
+def unet(dtype, **kwargs):
+    return tiny_unet(dtype, device=CUDA, **kwargs)
 
 
-def batches(dtype, size=16):
-    g = torch.Generator().manual_seed(1)
-
-    def batch(b):
-        return (torch.randn(b, 3, size, size, generator=g, dtype=dtype).to(CUDA),
-                (torch.rand(b, 1, size, size, generator=g) > 0.5).to(CUDA, dtype))
-    return batch(3), batch(2)
-
-
-def weights(backend, model, noisy, clean, loss=None, seed=7):
-    torch.manual_seed(seed)
-    return pixel_weights(model, loss or BCEDiceLoss(), noisy, clean, LR, backend=backend)
+def batches(dtype):
+    return cpu_batches(dtype, device=CUDA)
 
 
 class OpLog(TorchDispatchMode):
@@ -67,10 +55,11 @@ def test_backends_agree_float64_on_cuda(mode):
     model = unet(torch.float64)
     model.train(mode == "train")
     noisy, clean = batches(torch.float64)
-    ref = weights("autograd", model, noisy, clean)
+    ref, _ = weights_and_rng("autograd", model, BCEDiceLoss(), noisy, clean)
     assert ref.sum() > 0
     for backend in META_BACKENDS.names():
-        assert (weights(backend, model, noisy, clean) - ref).abs().max() <= 1e-10, backend
+        w, _ = weights_and_rng(backend, model, BCEDiceLoss(), noisy, clean)
+        assert (w - ref).abs().max() <= 1e-10, backend
 
 
 @pytest.mark.filterwarnings("error::RuntimeWarning")  # a forward_ad fallback would warn

@@ -27,17 +27,17 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-def tiny_unet(dtype=torch.float64, dropout=0.3, seed=0):
+def tiny_unet(dtype=torch.float64, dropout=0.3, seed=0, norm="batch", position="decoder", device="cpu"):
     torch.manual_seed(seed)
-    return UNet(depth=2, base_width=4, norm="batch", dropout=dropout, dropout_position="decoder").to(dtype).train()
+    return UNet(depth=2, base_width=4, norm=norm, dropout=dropout, dropout_position=position).to(device, dtype).train()
 
 
-def batches(dtype=torch.float64, b_noisy=3, b_clean=2, size=16, seed=1):
-    g = torch.Generator().manual_seed(seed)
-    noisy = (torch.randn(b_noisy, 3, size, size, generator=g, dtype=dtype),
-             (torch.rand(b_noisy, 1, size, size, generator=g) > 0.5).to(dtype))
-    clean = (torch.randn(b_clean, 3, size, size, generator=g, dtype=dtype),
-             (torch.rand(b_clean, 1, size, size, generator=g) > 0.5).to(dtype))
+def batches(dtype=torch.float64, b_noisy=3, b_clean=2, size=16, seed=1, device="cpu"):
+    g = torch.Generator().manual_seed(seed)  # drawn on the CPU: the same batches on every device
+    noisy = (torch.randn(b_noisy, 3, size, size, generator=g, dtype=dtype).to(device),
+             (torch.rand(b_noisy, 1, size, size, generator=g) > 0.5).to(device, dtype))
+    clean = (torch.randn(b_clean, 3, size, size, generator=g, dtype=dtype).to(device),
+             (torch.rand(b_clean, 1, size, size, generator=g) > 0.5).to(device, dtype))
     return noisy, clean
 
 
