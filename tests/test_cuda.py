@@ -8,13 +8,13 @@ import copy
 import pytest
 import torch
 from test_meta import batches as cpu_batches
-from test_meta import LR, tiny_unet, weights_and_rng
+from test_meta import LR, check_autocast_matches_forward_ad, tiny_unet, weights_and_rng
 from test_train import config
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from noisyseg import meta
 from noisyseg.active import mc_predict
-from noisyseg.losses import BCEDiceLoss, BCELoss
+from noisyseg.losses import BCEDiceLoss
 from noisyseg.meta import META_BACKENDS, MetaReweightedLoss, pixel_weights
 from noisyseg.train import train
 
@@ -92,16 +92,7 @@ def test_fused_step_runs_on_its_rules_and_matches_forward_ad_float32(norm):
 
 
 def test_bf16_autocast_on_cuda_matches_forward_ad():
-    model = unet(torch.float32)
-    noisy, clean = batches(torch.float32)
-    models = {backend: copy.deepcopy(model) for backend in ("jvp", "jvp_ad")}
-    with torch.autocast("cuda", dtype=torch.bfloat16):
-        for _ in range(2):
-            got = {}
-            for backend, m in models.items():
-                torch.manual_seed(5)
-                got[backend] = MetaReweightedLoss(BCELoss(), LR, backend=backend)(m, noisy, clean).weights.float()
-            assert (got["jvp"] - got["jvp_ad"]).abs().sum() / got["jvp_ad"].abs().sum() < 0.02
+    check_autocast_matches_forward_ad("cuda")
 
 
 def test_cuda_generator_is_forked_not_consumed():

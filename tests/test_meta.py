@@ -383,11 +383,16 @@ def test_jvp_falls_back_to_forward_ad_for_an_op_without_a_rule():
 
 def test_jvp_under_autocast_matches_forward_ad_on_every_call():
     """Autocast caches the casts of parameters; the fused pass must still see them (recorded plan or not)."""
+    check_autocast_matches_forward_ad("cpu")
+
+
+def check_autocast_matches_forward_ad(device: str) -> None:
+    """bf16 autocast on ``device``: jvp's weights stay close to jvp_ad's, on the recorded and the replayed call."""
     torch.manual_seed(0)
-    model = UNet(depth=2, base_width=4).train()
-    noisy, clean = batches(torch.float32)
+    model = UNet(depth=2, base_width=4).to(device).train()
+    noisy, clean = batches(torch.float32, device=device)
     models = {backend: copy.deepcopy(model) for backend in ("jvp", "jvp_ad")}
-    with torch.autocast("cpu", dtype=torch.bfloat16):
+    with torch.autocast(device, dtype=torch.bfloat16):
         for _ in range(2):  # the first jvp call records the tangent plan, the second replays it
             got = {}
             for backend, m in models.items():
