@@ -111,7 +111,7 @@ def _parse(method: str) -> tuple[str, list[str] | None, int]:
 
 
 def _time(args, methods, size, batch, device, repeats, warmup, desc):
-    from tqdm import tqdm
+    from noisyseg.progress import progress_bar
 
     model, noisy, clean = _setup(args, size, batch, device)
     steps = {m: _make_step(m, model, noisy, clean, args.amp) for m in methods}
@@ -119,7 +119,7 @@ def _time(args, methods, size, batch, device, repeats, warmup, desc):
     cpu = {m: [] for m in methods}
     order = list(methods)
     rng = random.Random(0)
-    with tqdm(total=(warmup + repeats) * len(methods), desc=desc, file=sys.stderr, leave=False) as bar:
+    with progress_bar(total=(warmup + repeats) * len(methods), desc=desc) as bar:
         for r in range(warmup + repeats):
             rng.shuffle(order)
             for m in order:

@@ -11,12 +11,12 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
-from tqdm import tqdm
 
 from noisyseg.distributed import all_reduce_sum, mean_over_ranks
 from noisyseg.errors import NoisysegError
 from noisyseg.methods import Method
 from noisyseg.metrics import score
+from noisyseg.progress import progress_bar
 
 
 class TrainingDiverged(NoisysegError):
@@ -95,7 +95,7 @@ class Trainer:
         iterators = {name: iter(loader) for name, loader in self._loaders(epoch).items()}
         sums: dict[str, float] = {}
         done = 0
-        bar = tqdm(range(self.steps_per_epoch), desc=f"epoch {epoch}", leave=False, disable=not self.progress)
+        bar = progress_bar(range(self.steps_per_epoch), desc=f"epoch {epoch}", enabled=self.progress)
         for i in bar:
             batches = {name: to_device(next(it), self.device) for name, it in iterators.items()}
             lr = self.optimizer.param_groups[0]["lr"]

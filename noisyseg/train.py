@@ -56,7 +56,8 @@ def load_splits(cfg: DictConfig, run_dir: Path, manifest: bool = True) -> tuple[
         save_manifest(run_dir / "splits.json", splits)
     noise = build_noise(cfg.noise)
     arrays = {
-        name: load_arrays(source, ids, cfg.data.size, cfg.cache_dir, noise=noise if name == "noisy" else None, split=name)
+        name: load_arrays(source, ids, cfg.data.size, cfg.cache_dir, noise=noise if name == "noisy" else None, split=name,
+                          progress=cfg.trainer.progress)
         for name, ids in splits.items()
     }
     return source, arrays

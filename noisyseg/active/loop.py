@@ -83,11 +83,13 @@ def _load_data(cfg: DictConfig, run_dir: Path, main: bool) -> tuple[Pool, dict[s
     if main:
         save_manifest(run_dir / "splits.json", splits)
     train_ids = splits["clean"] + splits["noisy"] + splits["pool"]  # active learning labels these itself
-    arrays = load_arrays(source, train_ids, cfg.data.size, cfg.cache_dir, noise=build_noise(cfg.noise), split="active")
+    show = cfg.trainer.progress
+    arrays = load_arrays(source, train_ids, cfg.data.size, cfg.cache_dir, noise=build_noise(cfg.noise), split="active",
+                         progress=show)
     pool = Pool(train_ids, arrays["images"], arrays["masks"], arrays.get("noisy_masks", arrays["masks"]))
     evalsets, evalmasks = {}, {}
     for name in ("val", "test"):
-        split = load_arrays(source, splits[name], cfg.data.size, cfg.cache_dir, split=name)
+        split = load_arrays(source, splits[name], cfg.data.size, cfg.cache_dir, split=name, progress=show)
         evalsets[name], evalmasks[name] = SegmentationDataset(split["images"], {"mask": split["masks"]}), split["masks"]
     return pool, evalsets, evalmasks
 

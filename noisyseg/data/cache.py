@@ -13,10 +13,10 @@ from typing import Protocol
 
 import cv2
 import numpy as np
-from tqdm import tqdm
 
 from noisyseg.checkpoint import write_atomic
 from noisyseg.data.sources import Source
+from noisyseg.progress import progress_bar
 
 CACHE_VERSION = 1
 
@@ -39,12 +39,13 @@ def resize_mask(mask: np.ndarray, size: int) -> np.ndarray:
     return (resized >= 0.5).astype(np.uint8)
 
 
-def _decode(source: Source, ids: list[str], size: int, noise: MaskNoise | None, desc: str) -> dict[str, np.ndarray]:
+def _decode(source: Source, ids: list[str], size: int, noise: MaskNoise | None, desc: str,
+            show: bool) -> dict[str, np.ndarray]:
     images = np.empty((len(ids), size, size, 3), np.uint8)
     masks = np.empty((len(ids), size, size), np.uint8)
     noisy = np.empty_like(masks) if noise is not None else None
     with source.reporting():  # one warning per kind of fix-up for the whole split, with a count
-        for k, sample_id in enumerate(tqdm(ids, desc=desc, leave=False, disable=len(ids) < 50)):
+        for k, sample_id in enumerate(progress_bar(ids, desc=desc, unit="img", enabled=show and len(ids) >= 50)):
             image, mask = source.load(sample_id, draft_size=size)
             images[k], masks[k] = resize_image(image, size), resize_mask(mask, size)
             if noisy is not None:
@@ -61,20 +62,21 @@ def cache_key(source: Source, ids: list[str], size: int, noise: MaskNoise | None
 
 
 def load_arrays(source: Source, ids: list[str], size: int, cache_dir: str | Path | None = None,
-                noise: MaskNoise | None = None, split: str = "data") -> dict[str, np.ndarray]:
+                noise: MaskNoise | None = None, split: str = "data", progress: bool = True) -> dict[str, np.ndarray]:
     """Images ``[N, size, size, 3]`` and masks ``[N, size, size]`` (uint8) for ``ids``, in order.
 
-    With ``noise``, also ``noisy_masks``. Reads from / writes to ``cache_dir`` when given.
+    With ``noise``, also ``noisy_masks``. Reads from / writes to ``cache_dir`` when given. ``progress``
+    reports the decoding of splits of 50+ images (:mod:`noisyseg.progress`).
     """
     if not ids:
         return {"images": np.empty((0, size, size, 3), np.uint8), "masks": np.empty((0, size, size), np.uint8)}
     if cache_dir is None:
-        return _decode(source, ids, size, noise, f"decode {split}")
+        return _decode(source, ids, size, noise, f"decode {split}", progress)
     path = Path(cache_dir) / f"{source.name}_{split}_{size}px_{cache_key(source, ids, size, noise)}.npz"
     if path.exists():
         with np.load(path) as stored:
             return dict(stored)
-    arrays = _decode(source, ids, size, noise, f"decode {split}")
+    arrays = _decode(source, ids, size, noise, f"decode {split}", progress)
     write_atomic(path, lambda tmp: _savez(tmp, arrays))  # a reader sees the whole file or none
     return arrays
 
