@@ -14,6 +14,10 @@ image's own ``H x W`` (bilinear) before thresholding. Output layout under ``OUTP
   truth, the true contour (green), as in ``python -m noisyseg.report``.
 * ``metrics.csv`` (with ``--masks``: per-image ISIC scores) and ``summary.json``.
 
+An image that cannot be read (or whose ground-truth mask cannot be used) is skipped with a warning
+naming it and listed with the reason under ``skipped`` in ``summary.json``; the command then exits
+with status 3 (``--strict``: stop at the first such file, status 2, as for any bad input).
+
 Masks and probabilities come from the deterministic (dropout off) forward; MC dropout only adds the
 uncertainty maps, so the mask does not depend on ``T`` or the seed. Files are written via temp file +
 rename: an interrupted run never leaves a half-written image.
@@ -25,6 +29,7 @@ import csv
 import io
 import json
 import sys
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,7 +39,6 @@ import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
-from tqdm import tqdm
 
 from noisyseg.active.mc import NoDropoutError, dropout_modules, mc_predict, predict
 from noisyseg.active.scores import MIN_SAMPLES, pixel_uncertainty
@@ -43,13 +47,15 @@ from noisyseg.data.cache import resize_image
 from noisyseg.data.dataset import to_tensor
 from noisyseg.data.io import IMAGE_SUFFIXES, image_size, read_image, read_mask
 from noisyseg.engine import resolve_device
-from noisyseg.errors import ConfigError, DataError, NoisysegError
+from noisyseg.errors import ConfigError, DataError, DataWarning, NoisysegError
 from noisyseg.metrics import METRIC_KEYS, per_image_scores
 from noisyseg.models import build_model
+from noisyseg.progress import progress_bar
 from noisyseg.runlog import contour_overlay
 
 UNCERTAINTY_MAX = {"entropy": 1.0, "bald": 1.0, "variance": 0.25}  # largest possible pixel value
-SKIP_SUFFIXES = ("_superpixels",)  # ISIC 2017 ships superpixel PNGs next to the images
+SKIP_SUFFIXES = ("_superpixels",)
+SKIPPED_STATUS = 3  # exit status of a prediction that finished but skipped files (2: an error stopped it)  # ISIC 2017 ships superpixel PNGs next to the images
 
 
 @dataclass
@@ -191,6 +197,29 @@ def _make_dirs(out: Path, names: list[str]) -> None:
         raise DataError(f"{out}: cannot create output folder ({err})") from None
 
 
+def _checked_truth(item: dict[str, Any], path: Path, truths: list[Path] | None) -> np.ndarray | None:
+    """The image's ground-truth mask (None without ``--masks``); a DataError if the image or its mask
+    cannot be used."""
+    if "error" in item:  # the image could not be read (reported by the loader, maybe in a worker)
+        raise DataError(item["error"])
+    if truths is None:
+        return None
+    mask_path = truths[item["index"]]
+    truth = read_mask(mask_path)
+    height, width = item["hw"]
+    if truth.shape != (height, width):
+        raise DataError(f"{mask_path}: mask size {truth.shape[1]}x{truth.shape[0]} differs from its image "
+                        f"{path.name} ({width}x{height})")
+    return truth
+
+
+def _skip(path: Path, err: DataError) -> dict[str, str]:
+    """Warn once about a skipped image; its entry in ``summary.json``'s ``skipped`` list."""
+    reason = str(err).removeprefix(f"{path}: ")  # the file is named once, not twice
+    warnings.warn(f"{path}: skipped ({reason})", DataWarning, stacklevel=3)
+    return {"file": str(path), "reason": reason}
+
+
 def predict_folder(
     predictor: Predictor | str | Path,
     inputs: str | Path,
@@ -205,16 +234,21 @@ def predict_folder(
     workers: int = 0,
     seed: int = 0,
     progress: bool = True,
+    strict: bool = False,
 ) -> dict[str, Any]:
     """Predict every image of ``inputs`` (a file or folder) and write the outputs listed in the module docstring.
 
+    An image that cannot be read, or whose ground-truth mask cannot be used, is skipped with a
+    :class:`DataWarning` naming it (``strict=True``: a DataError stops the run instead).
+
     Returns:
-        The summary (also ``summary.json``): ``count``, ``ids``, ``checkpoint``, ``epoch``, the settings,
-        ``config``, and with ``masks`` the mean ISIC scores in ``metrics`` (macro average, as
-        :func:`noisyseg.metrics.score`).
+        The summary (also ``summary.json``): ``count`` and ``ids`` of the predicted images, ``skipped``
+        (``[{"file", "reason"}]``), ``checkpoint``, ``epoch``, the settings, ``config``, and with
+        ``masks`` the mean ISIC scores in ``metrics`` (macro average, as :func:`noisyseg.metrics.score`).
 
     Raises:
-        DataError: missing input, ground truth or output folder; unreadable image or mask.
+        DataError: missing input, ground truth or output folder; no image readable; with ``strict``,
+            any unreadable image or mask.
         ConfigError: bad option, or ``mc_samples`` with a model without dropout (:class:`NoDropoutError`).
     """
     if batch_size < 1:
@@ -242,15 +276,20 @@ def predict_folder(
     loader = DataLoader(_Images(paths, predictor.size, overlays), batch_size=batch_size, num_workers=workers,
                         collate_fn=_collate)
     rows: list[dict[str, Any]] = []
-    with tqdm(total=len(paths), desc="predict", unit="img", disable=not progress) as bar:
+    skipped: list[dict[str, str]] = []  # one unreadable file must not cost the user the others
+    with progress_bar(total=len(paths), desc="predict", unit="img", enabled=progress) as bar:
         for batch in loader:
-            for item in batch["items"]:
-                if "error" in item:
-                    raise DataError(item["error"])
             probs, unc = predictor.predict_batch(batch["x"], mc_samples, uncertainty)  # [B, S, S]
             for k, item in enumerate(batch["items"]):
-                path, (height, width) = paths[item["index"]], item["hw"]
-                sid = path.stem
+                path = paths[item["index"]]
+                try:
+                    truth = _checked_truth(item, path, truths)  # before any output of this image is written
+                except DataError as err:
+                    if strict:
+                        raise
+                    skipped.append(_skip(path, err))
+                    continue
+                sid, (height, width) = path.stem, item["hw"]
                 prob = _upsample(probs[k], height, width)  # [H, W]
                 pred = prob >= threshold
                 write_image(out / "masks" / f"{sid}_segmentation.png", pred.astype(np.uint8) * 255)
@@ -259,20 +298,20 @@ def predict_folder(
                     scaled = _upsample(unc[k], height, width) / UNCERTAINTY_MAX[uncertainty]
                     write_image(out / "uncertainty" / f"{sid}_uncertainty.png",
                                  np.round(scaled * 255).clip(0, 255).astype(np.uint8))
-                truth = None
-                if truths is not None:
-                    truth = read_mask(truths[item["index"]])
-                    if truth.shape != (height, width):
-                        raise DataError(f"{truths[item['index']]}: mask size {truth.shape[1]}x{truth.shape[0]} "
-                                        f"differs from its image {path.name} ({width}x{height})")
+                if truth is not None:
                     scores = per_image_scores(pred, truth)
                     rows.append({"id": sid, **{key: float(scores[key][0]) for key in METRIC_KEYS}})
                 if overlays:
                     write_image(out / "overlays" / f"{sid}_overlay.jpg", contour_overlay(item["full"], pred, truth))
             bar.update(len(batch["items"]))
+    if len(skipped) == len(paths):
+        raise DataError(f"{inputs}: none of the {len(paths)} image(s) could be read; the first: "
+                        f"{skipped[0]['file']}: {skipped[0]['reason']}")
 
+    bad = {entry["file"] for entry in skipped}
     summary: dict[str, Any] = {
-        "count": len(paths), "ids": [p.stem for p in paths], "checkpoint": str(predictor.checkpoint),
+        "count": len(paths) - len(skipped), "ids": [p.stem for p in paths if str(p) not in bad],
+        "skipped": skipped, "checkpoint": str(predictor.checkpoint),
         "epoch": predictor.epoch, "threshold": threshold, "mc_samples": mc_samples,
         "uncertainty": uncertainty if mc_samples else None,
     }
@@ -304,19 +343,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="seed of the MC-dropout masks")
     parser.add_argument("--no-overlays", action="store_true")
     parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--strict", action="store_true",
+                        help="stop at the first unreadable image or mask (default: skip it, exit status 3)")
     args = parser.parse_args(argv)
     try:
         summary = predict_folder(
             load_predictor(args.checkpoint, args.device), args.input, args.output_dir, args.masks, args.mask_suffix,
             args.mc_samples, args.uncertainty, args.batch_size, not args.no_overlays, args.threshold, args.workers,
-            args.seed, not args.no_progress,
+            args.seed, not args.no_progress, args.strict,
         )
     except NoisysegError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    print(json.dumps({"output_dir": str(args.output_dir), "count": summary["count"],
+    print(json.dumps({"output_dir": str(args.output_dir), "count": summary["count"], "skipped": len(summary["skipped"]),
                       **({"metrics": summary["metrics"]} if "metrics" in summary else {})}, indent=2))
-    return 0
+    return SKIPPED_STATUS if summary["skipped"] else 0
 
 
 if __name__ == "__main__":

@@ -15,9 +15,10 @@ from PIL import Image
 
 from noisyseg.checkpoint import save_checkpoint
 from noisyseg.data.io import read_mask
+from noisyseg.errors import DataWarning
 from noisyseg.metrics import METRIC_KEYS, per_image_scores
 from noisyseg.models import build_model
-from noisyseg.predict import load_predictor, main, predict_folder
+from noisyseg.predict import SKIPPED_STATUS, load_predictor, main, predict_folder
 
 ROOT = Path(__file__).resolve().parents[1]
 SIZES = {"ISIC_0000001": (40, 30), "ISIC_0000002": (25, 61), "ISIC_0000003": (32, 32)}  # (width, height)
@@ -129,3 +130,37 @@ def test_cli_subprocess(tmp_path, data):
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["count"] == 3
     assert sorted(p.name for p in (tmp_path / "out" / "masks").iterdir()) == [f"{s}_segmentation.png" for s in SIZES]
+
+
+def twelve_images_one_truncated(folder: Path) -> Path:
+    rng = np.random.default_rng(1)
+    folder.mkdir()
+    for k in range(12):
+        Image.fromarray(rng.integers(0, 256, (24, 36, 3), dtype=np.uint8)).save(folder / f"img{k:02d}.png")
+    whole = (folder / "img05.png").read_bytes()
+    (folder / "img05.png").write_bytes(whole[: len(whole) // 2])
+    return folder / "img05.png"
+
+
+def test_one_unreadable_image_is_skipped_and_the_others_predicted(tmp_path, capsys):
+    run, out = fake_run(tmp_path / "run"), tmp_path / "out"
+    bad = twelve_images_one_truncated(tmp_path / "images")
+    with pytest.warns(DataWarning) as caught:
+        status = main([str(run), str(tmp_path / "images"), str(out), "--batch-size", "4", "--no-progress"])
+    assert status == SKIPPED_STATUS != 0
+    named = [str(w.message) for w in caught if "img05" in str(w.message)]
+    assert len(named) == 1 and named[0].startswith(f"{bad}: skipped (cannot decode image")
+    assert json.loads(capsys.readouterr().out)["skipped"] == 1
+    good = [f"img{k:02d}" for k in range(12) if k != 5]
+    assert sorted(p.name for p in (out / "masks").iterdir()) == [f"{sid}_segmentation.png" for sid in good]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["count"] == 11 and summary["ids"] == good
+    assert [entry["file"] for entry in summary["skipped"]] == [str(bad)]
+    assert summary["skipped"][0]["reason"].startswith("cannot decode image")
+
+
+def test_strict_stops_at_the_first_unreadable_image(tmp_path, capsys):
+    run = fake_run(tmp_path / "run")
+    bad = twelve_images_one_truncated(tmp_path / "images")
+    assert main([str(run), str(tmp_path / "images"), str(tmp_path / "out"), "--strict", "--no-progress"]) == 2
+    assert capsys.readouterr().err.startswith(f"error: {bad}: cannot decode image")
