@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -12,8 +14,9 @@ import pytest
 import torch
 from conftest import raise_at_epoch
 from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
 
-from noisyseg.active.loop import ActiveLoop, run_active
+from noisyseg.active.loop import ActiveLoop, main, run_active
 from noisyseg.active.oracle import OracleError, OracleLog, SimulatedOracle
 from noisyseg.active.pseudo import build_pseudo_policy
 from noisyseg.errors import ConfigError, DataError
@@ -87,6 +90,35 @@ def test_kill_and_resume_equals_uninterrupted(tmp_path, monkeypatch, kill):
     assert resumed["rounds"] == reference["rounds"]
     final = [torch.load(tmp_path / run / "state.pt", weights_only=True)["model"] for run in ("reference", "killed")]
     assert all(torch.equal(final[0][k], final[1][k]) for k in final[0])
+
+
+def active_cli(monkeypatch, *args: str) -> int:
+    """``python -m noisyseg.active *args`` in this process; returns the exit status."""
+    monkeypatch.setattr(sys, "argv", ["noisyseg.active", *args, "hydra/job_logging=none", "hydra/hydra_logging=none"])
+    try:
+        main()
+        return 0
+    except SystemExit as exit:
+        return exit.code
+    finally:
+        GlobalHydra.instance().clear()
+
+
+def test_the_printed_hint_resumes_a_cli_run_with_its_saved_config(tmp_path, monkeypatch, capsys):
+    """Started with overrides and config groups, Ctrl-C in round 2: the printed command alone continues
+    the run with its own config (not the defaults) to the uninterrupted run's rounds."""
+    reference = run_active(config("active/sampler=entropy", "active.rounds=2"), tmp_path / "reference")
+    with monkeypatch.context() as patch:
+        raise_at_epoch(patch, 2, KeyboardInterrupt)  # round 2's fine-tuning epoch
+        assert active_cli(patch, *TINY, *PSEUDO, "active/sampler=entropy", "active.rounds=2",
+                          f"hydra.run.dir={tmp_path / 'run'}") == 130
+    hint = re.search(r"resume with: (.+)", capsys.readouterr().err).group(1)
+    command = shlex.split(hint)
+    assert command[:3] == ["python", "-m", "noisyseg.active"]
+    assert active_cli(monkeypatch, *command[3:]) == 0
+    resumed = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert resumed["rounds"] == json.loads(json.dumps(reference["rounds"]))
+    assert resumed["config"]["active"]["sampler"]["name"] == "entropy"
 
 
 def test_an_unfinished_run_is_not_overwritten(tmp_path, monkeypatch):

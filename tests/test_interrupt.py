@@ -2,12 +2,14 @@
 checkpoint write, NaN/inf loss, Ctrl-C, kill -9 and resuming with an incompatible configuration.
 
 CLI checks call ``noisyseg.train.main`` in-process (fast, and faults can be injected by
-monkeypatching); only kill -9 needs a real subprocess.
+monkeypatching); only kill -9 and a real Ctrl-C need a subprocess.
 """
 from __future__ import annotations
 
 import json
 import os
+import re
+import shlex
 import shutil
 import signal
 import subprocess
@@ -23,9 +25,9 @@ from hydra.core.global_hydra import GlobalHydra
 
 from noisyseg.checkpoint import load_checkpoint, prepare_run_dir
 from noisyseg.engine import Trainer, TrainingDiverged
-from noisyseg.errors import NoisysegError
+from noisyseg.errors import ConfigError, NoisysegError
 from noisyseg.methods import Method
-from noisyseg.train import CONFIG_DIR, main, train
+from noisyseg.train import CONFIG_DIR, main, resume_command, resume_config, train
 
 ROOT = Path(__file__).resolve().parents[1]
 # threads=1: tiny convolutions run many times faster on one thread when other work shares the CPU.
@@ -111,7 +113,7 @@ def test_unwritable_output_folder_fails_before_training(tmp_path, monkeypatch, c
     assert f"error: {blocker / 'run'}: cannot write to the output folder" in capsys.readouterr().err
 
 
-def test_failing_checkpoint_write_keeps_the_previous_one(tmp_path, monkeypatch):
+def test_failing_checkpoint_write_keeps_the_previous_one(tmp_path, monkeypatch, capsys):
     save, previous = torch.save, {}
 
     def disk_full_on_second_last_pt(obj, f, *args, **kwargs):
@@ -127,6 +129,9 @@ def test_failing_checkpoint_write_keeps_the_previous_one(tmp_path, monkeypatch):
     assert (tmp_path / "last.pt").read_bytes() == previous["bytes"]
     assert load_checkpoint(tmp_path / "last.pt")["epoch"] == 0
     assert leftovers(tmp_path) == [] and not (tmp_path / "results.json").exists()
+    hint = re.search(r"stopped by an error at epoch 1; .* is kept; resume with: (.+)", capsys.readouterr().err).group(1)
+    monkeypatch.undo()  # the disk has room again
+    assert cli(monkeypatch, *shlex.split(hint)[3:]) == 0 and (tmp_path / "results.json").exists()
 
 
 @pytest.mark.parametrize("bad", ["nan", "inf"])
@@ -142,8 +147,13 @@ def test_nan_or_inf_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monk
 def test_nan_loss_from_the_cli_exits_with_status_2(tmp_path, monkeypatch, capsys):
     fail_at_step(monkeypatch, 2, lambda out: replace(out, loss=out.loss * float("nan")))
     assert cli(monkeypatch, *TINY, f"hydra.run.dir={tmp_path}") == 2
-    assert "error: loss became nan at epoch 0, step 2/3 (global step 2); no checkpoint was written yet" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "error: loss became nan at epoch 0, step 2/3 (global step 2); no checkpoint was written yet" in err
     assert not (tmp_path / "results.json").exists()
+    command = shlex.split(re.search(r"in a new run, e\.g\. (.+)", err).group(1))  # a command that works
+    assert command == ["python", "-m", "noisyseg.train", *TINY, "optim.lr=0.0003"]
+    monkeypatch.undo()
+    assert cli(monkeypatch, *command[3:], f"hydra.run.dir={tmp_path / 'again'}") == 0
 
 
 def ctrl_c(out):
@@ -154,11 +164,11 @@ def test_ctrl_c_stops_cleanly_and_resumes_to_the_same_result(tmp_path, monkeypat
     fail_at_step(monkeypatch, 7, ctrl_c)  # epoch 1, step 3 of 4: the optimiser has moved past last.pt
     with pytest.raises(KeyboardInterrupt):
         train(config(*RUN), tmp_path)
-    assert f"interrupted at epoch 1; {tmp_path / 'last.pt'} from epoch 0 is kept; resume with resume={tmp_path}" \
-        in capsys.readouterr().err
+    assert f"interrupted at epoch 1; {tmp_path / 'last.pt'} from epoch 0 is kept; resume with: python -m " \
+           f"noisyseg.train resume={tmp_path}" in capsys.readouterr().err
     assert leftovers(tmp_path) == [] and not (tmp_path / "results.json").exists()
     monkeypatch.undo()
-    assert cli(monkeypatch, *RUN, f"resume={tmp_path}") == 0
+    assert cli(monkeypatch, f"resume={tmp_path}") == 0  # the run's saved config, not the defaults
     resumed = json.loads((tmp_path / "results.json").read_text())
     assert resumed["test"] == json.loads((straight / "results.json").read_text())["test"]
     assert same_weights(tmp_path / "last.pt", straight / "last.pt")
@@ -189,6 +199,53 @@ def test_kill_9_resumes_from_the_last_checkpoint_to_the_same_result(tmp_path, mo
 
 def test_resume_with_an_incompatible_config_lists_the_keys(tmp_path, monkeypatch, capsys, straight):
     run = shutil.copytree(straight, tmp_path / "run")
-    assert cli(monkeypatch, *RUN, "model.base_width=8", "optim.lr=0.1", f"resume={run}") == 2
-    assert "error: cannot resume: the configuration differs from the checkpoint's in model.base_width, optim.lr" \
+    assert cli(monkeypatch, "model.base_width=8", "optim.lr=0.1", "trainer.progress=true", f"resume={run}") == 2
+    assert "error: cannot resume: the configuration differs from the checkpoint's in model.base_width, optim.lr; " \
         in capsys.readouterr().err
+
+
+def test_resume_takes_the_saved_config_and_only_result_neutral_changes(tmp_path, monkeypatch):
+    run = tmp_path / "run"
+    assert cli(monkeypatch, *RUN, "noise=flip", f"hydra.run.dir={run}") == 0
+    cfg = resume_config([f"resume={run}", "trainer.progress=true", "threads=2", "hydra/job_logging=none"], "last.pt")
+    assert cfg.noise.kind == "flip" and cfg.trainer.epochs == 3 and cfg.data.size == 32  # groups included
+    assert cfg.trainer.progress is True and cfg.threads == 2 and cfg.resume == str(run)
+    repeated = resume_config([f"resume={run}", *RUN, "noise=flip"], "last.pt")  # the run's own overrides: no change
+    assert repeated.trainer.progress is False and repeated.noise.kind == "flip"
+    with pytest.raises(ConfigError, match=r"differs from the checkpoint's in noise, trainer\.epochs; a resumed run "
+                                          r"may change only threads, trainer\.progress"):
+        resume_config([f"resume={run}", "noise=morph", "trainer.epochs=5", "threads=2", "debug=fast"], "last.pt")
+    with pytest.raises(ConfigError, match=f"cannot resume {tmp_path}: {tmp_path / 'last.pt'} not found"):
+        resume_config([f"resume={tmp_path}"], "last.pt")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stop", ["ctrl_c", "kill_9"])
+def test_the_printed_hint_resumes_a_run_started_with_overrides(tmp_path, stop):
+    """The user's path: a run started with overrides and a config group, stopped after its first
+    checkpoint, continued by running exactly the printed hint (after kill -9 nothing is printed: the
+    same command, which the README documents, with a result-neutral extra), ends as an uninterrupted run."""
+    started = (*RUN, "noise=flip", "noise.level=0.5", "trainer.steps_per_epoch=30")
+    straight, run = tmp_path / "straight", tmp_path / "run"
+    train(config(*started), straight)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen([sys.executable, "-m", "noisyseg.train", *started, f"hydra.run.dir={run}"], cwd=tmp_path,
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not (run / "last.pt").exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGINT if stop == "ctrl_c" else signal.SIGKILL)
+    err = proc.communicate(timeout=120)[1]
+    assert not (run / "results.json").exists()
+    if stop == "ctrl_c":
+        assert proc.returncode == 130, err
+        command = shlex.split(re.search(r"resume with: (.+)", err).group(1))
+    else:
+        command = [*shlex.split(resume_command("noisyseg.train", run)), "trainer.progress=true"]
+    assert command[:4] == ["python", "-m", "noisyseg.train", f"resume={run}"]
+    resumed = subprocess.run([sys.executable, *command[1:]], cwd=tmp_path, env=env, capture_output=True, text=True,
+                             timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "\r" not in resumed.stderr  # stderr is a pipe: no bar frames
+    assert json.loads((run / "results.json").read_text())["test"] == json.loads((straight / "results.json").read_text())["test"]
+    assert same_weights(run / "last.pt", straight / "last.pt")

@@ -52,7 +52,8 @@ from noisyseg.models import build_model
 from noisyseg.optim import build_optimizer
 from noisyseg.runlog import RunLog, image_grid
 from noisyseg.schema import validate
-from noisyseg.train import node_kwargs, build_noise, build_streams, check_resume, hydra_main
+from noisyseg.train import (build_noise, build_streams, check_resume, hydra_main, node_kwargs, resume_command,
+                            stop_note)
 
 STATE_FORMAT = 1
 MC_TAG, QUERY_TAG, INITIAL_TAG = 101, 102, 103  # keep the round seeds apart from the epoch seeds
@@ -304,6 +305,13 @@ class ActiveLoop:
         log.scalars(self.history[-1], self.history[-1]["labeled"], prefix="active/")
         barrier()  # no rank starts the next round before state.pt holds this one
 
+    def _stopped(self, what: str) -> None:
+        state = self.run_dir / "state.pt"
+        kept = f"{state} holds the last complete round" if state.exists() else "no round was saved yet"
+        if self.main:
+            print(stop_note(f"{what} in round {len(self.history)}", kept, state.exists(), "noisyseg.active", self.run_dir),
+                  file=sys.stderr)
+
     def run(self) -> dict[str, Any]:
         if (self.run_dir / "state.pt").exists():
             self._restore(self.run_dir / "state.pt")
@@ -315,7 +323,10 @@ class ActiveLoop:
                 self._round(round_)
                 self._save(log)
         except KeyboardInterrupt:  # state.pt (atomic) holds the last complete round
-            print(f"interrupted in round {len(self.history)}; resume with resume={self.run_dir}", file=sys.stderr)
+            self._stopped("interrupted")
+            raise
+        except Exception:  # a crash: say how to continue once it is fixed
+            self._stopped("stopped by an error")
             raise
         finally:
             log.close()
@@ -340,8 +351,8 @@ def run_active(cfg: DictConfig | dict, run_dir: str | Path | None = None) -> dic
     if cfg.get("reuse") and (run_dir / "results.json").exists():  # sweeps: never recompute a finished cell
         return json.loads((run_dir / "results.json").read_text())
     if (run_dir / "state.pt").exists() and not (cfg.resume or cfg.get("reuse")):
-        raise ConfigError(f"{run_dir} already holds an active-learning run; pass resume={run_dir} to continue it, "
-                          f"or choose another folder")
+        raise ConfigError(f"{run_dir} already holds an active-learning run; continue it with "
+                          f"{resume_command('noisyseg.active', run_dir)}, or choose another folder")
     if is_main():
         prepare_run_dir(run_dir)
     if cfg.get("threads"):
@@ -350,7 +361,8 @@ def run_active(cfg: DictConfig | dict, run_dir: str | Path | None = None) -> dic
 
 
 def main() -> None:
-    hydra_main("active_loop", run_active, lambda results: {"test": results["test"], "labeled": results["labeled"]})
+    hydra_main("active_loop", run_active, lambda results: {"test": results["test"], "labeled": results["labeled"]},
+               checkpoint="state.pt")
 
 
 if __name__ == "__main__":
