@@ -83,6 +83,18 @@ class Balanced(Method):
         return StepOutput(self.loss(model(images), masks))
 
 
+@METHODS.register("oracle")
+class Oracle(Method):
+    """The ceiling of a benchmark: noisy + clean images pooled, unweighted, but every noisy-set image with
+    its *true* mask. Only synthetic noise makes it possible (the truth behind the noisy masks is known)."""
+
+    streams = {"train": ("noisy", "clean")}
+
+    def step(self, model: torch.nn.Module, batches: dict[str, Batch], lr: float) -> StepOutput:
+        batch = batches["train"]
+        return StepOutput(self.loss(model(batch["image"]), batch["true_mask"]))
+
+
 def build_method(name: str, loss: PixelLoss, **kwargs) -> Method:
     """Build a registered method by name."""
     return METHODS.build(name, loss=loss, **kwargs)

@@ -124,6 +124,7 @@ def _curves(metrics: dict[str, np.ndarray], best_epoch: int | None) -> str:
     from matplotlib.ticker import MaxNLocator
 
     panels = [("training loss", ["train_loss"]), ("validation", ["val_dice", "val_jaccard"]),
+              ("fit of the noisy set (memorisation)", ["noisyset_dice_vs_noisy", "noisyset_dice_vs_true"]),
               ("meta weights", ["train_weight_zero_fraction", "train_weight_wrong_right_ratio"])]
     panels = [(title, [c for c in columns if c in metrics]) for title, columns in panels]
     panels = [(title, columns) for title, columns in panels if columns]

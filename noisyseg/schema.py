@@ -32,6 +32,7 @@ from noisyseg.active.mc import MODES as MC_MODES
 from noisyseg.errors import ConfigError
 from noisyseg.meta import FORWARD_MODE_BACKENDS, META_BACKENDS, NORMALIZE, ZERO_POLICIES
 from noisyseg.models.unet import DROPOUT_POSITIONS, NORMS
+from noisyseg.noise import NAMED_DICE
 from noisyseg.optim import SCHEDULES
 
 Options = Dict[str, Any]  # a plug-in's options: keys checked by its registry
@@ -73,6 +74,8 @@ class NoiseConfig:
     level: float = MISSING
     fraction: float = MISSING
     seed: int = MISSING
+    missing: float = MISSING
+    target_dice: Any = MISSING  # null, a Dice in (0, 1) or a name of noisyseg.noise.NAMED_DICE
 
 
 @dataclass
@@ -88,6 +91,7 @@ class TrainerConfig:
     compile: bool = MISSING
     tensorboard: bool = MISSING
     progress: bool = MISSING
+    fit_curve_images: int = MISSING
 
 
 @dataclass
@@ -192,6 +196,9 @@ RULES: dict[str, Rule] = {
     "model.dropout_position": one_of(*DROPOUT_POSITIONS),
     "noise.level": within(0, 1),
     "noise.fraction": within(0, 1),
+    "noise.missing": within(0, 1),
+    "noise.target_dice": Rule(lambda v: v is None or v in NAMED_DICE or (_is_num(v) and 0 < v < 1),
+                              f"null, a Dice in (0, 1) or one of {', '.join(NAMED_DICE)}"),
     "optim.lr": at_least(0, strict=True),
     "optim.weight_decay": at_least(0),
     "optim.momentum": at_least(0),
@@ -204,6 +211,7 @@ RULES: dict[str, Rule] = {
     "trainer.eval_batch_size": at_least(1, integer=True),
     "trainer.num_workers": at_least(0, integer=True),
     "trainer.grad_clip": at_least(0, strict=True, null=True),
+    "trainer.fit_curve_images": at_least(0, integer=True),
     "meta.backend": Rule(lambda v: v in META_BACKENDS, f"one of {', '.join(META_BACKENDS.names())}"),
     "meta.lr": at_least(0, strict=True, null=True),
     "meta.clean_batch_size": at_least(1, integer=True),
@@ -265,6 +273,10 @@ def validate(cfg: DictConfig | dict) -> None:
     if _value(cfg, "trainer.compile") is True and _value(cfg, "method.name") == "meta":
         errors.append("trainer.compile=true does not apply to method=meta: the meta step calls the model "
                       "functionally, around the compiled module")
+    if _value(cfg, "noise.kind") == "none" and (_value(cfg, "noise.missing") not in (0, 0.0, _ABSENT)
+                                                 or _value(cfg, "noise.target_dice") not in (None, _ABSENT)):
+        errors.append("noise.missing and noise.target_dice need a noise kind (noise=coarse, mix, morph, ...), "
+                      "not noise=none")
     every, backend = _value(cfg, "meta.clean_every"), _value(cfg, "meta.backend")
     if _is_int(every) and every > 1 and backend in META_BACKENDS and backend not in FORWARD_MODE_BACKENDS:
         errors.append(f"meta.clean_every={every} (a reused clean gradient) needs meta.backend in "

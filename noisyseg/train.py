@@ -20,18 +20,19 @@ from omegaconf.errors import OmegaConfBaseException
 
 from noisyseg.checkpoint import load_checkpoint, prepare_run_dir, save_checkpoint, write_image, write_json
 from noisyseg.data.cache import load_arrays
+from noisyseg.data.calibration import calibrate
 from noisyseg.data.dataset import SegmentationDataset
 from noisyseg.data.sources import build_source
 from noisyseg.data.splits import load_manifest, make_splits, save_manifest
 from noisyseg.data.transforms import build_transform
 from noisyseg.distributed import barrier, broadcast, data_parallel, is_main, main_first, setup, unwrap
-from noisyseg.engine import Trainer, TrainingDiverged, evaluate
+from noisyseg.engine import Trainer, TrainingDiverged, evaluate, predict_probs
 from noisyseg.errors import ConfigError, DataError, NoisysegError
 from noisyseg.losses import build_loss
 from noisyseg.methods import build_method
-from noisyseg.metrics import per_image_scores
+from noisyseg.metrics import per_image_scores, score
 from noisyseg.models import build_model
-from noisyseg.noise import MaskNoise, realised_dice
+from noisyseg.noise import MaskNoise, realised_dice, target_dice
 from noisyseg.optim import build_optimizer
 from noisyseg.runlog import RunLog, denormalise, image_grid
 from noisyseg.schema import check_command_line, validate  # also registers the config schemas with Hydra
@@ -45,9 +46,10 @@ def node_kwargs(node: DictConfig, drop: tuple[str, ...] = ("name",)) -> dict[str
     return {k: v for k, v in OmegaConf.to_container(node, resolve=True, throw_on_missing=True).items() if k not in drop}
 
 
-def load_splits(cfg: DictConfig, run_dir: Path, manifest: bool = True) -> tuple[Any, dict[str, dict[str, np.ndarray]]]:
+def load_splits(cfg: DictConfig, run_dir: Path, manifest: bool = True
+                ) -> tuple[Any, dict[str, dict[str, np.ndarray]], dict[str, Any]]:
     """Build the data source, split it (or reuse a manifest) and decode every split (cached); write
-    ``splits.json`` unless ``manifest=False``."""
+    ``splits.json`` unless ``manifest=False``. Returns the source, the arrays and the noise report."""
     source = build_source(cfg.data.name, **node_kwargs(cfg.data.params, drop=()))
     if cfg.data.splits_file:
         splits = load_manifest(cfg.data.splits_file, source.ids)
@@ -55,27 +57,40 @@ def load_splits(cfg: DictConfig, run_dir: Path, manifest: bool = True) -> tuple[
         splits = make_splits(source.ids, cfg.seed, **node_kwargs(cfg.data.split, drop=()), official=source.official)
     if manifest:
         save_manifest(run_dir / "splits.json", splits)
-    noise = build_noise(cfg.noise)
+    noise, calibration = build_noise(cfg.noise, source, splits["noisy"], cfg.data.size, cfg.cache_dir)
     arrays = {
         name: load_arrays(source, ids, cfg.data.size, cfg.cache_dir, noise=noise if name == "noisy" else None, split=name,
                           progress=cfg.trainer.progress)
         for name, ids in splits.items()
     }
-    return source, arrays
+    return source, arrays, noise_report(cfg.noise, noise, calibration, splits["noisy"], arrays["noisy"])
 
 
-def build_noise(node: DictConfig) -> MaskNoise | None:
-    """The annotation-noise model applied to the noisy split (None for ``noise=none``)."""
+def build_noise(node: DictConfig, source: Any = None, ids: list[str] = (), size: int = 0,
+                cache_dir: str | None = None) -> tuple[MaskNoise | None, dict[str, float]]:
+    """The annotation-noise model applied to the noisy split (None for ``noise=none``) and, when
+    ``noise.target_dice`` is set, the calibration that chose its level on ``ids`` of ``source``."""
     if node.kind == "none":
-        return None
-    return MaskNoise(node.kind, node.level, node.fraction, node.seed)
+        return None, {}
+    noise = MaskNoise(node.kind, node.level, node.fraction, node.seed, node.missing)
+    if node.target_dice is None:
+        return noise, {}
+    return calibrate(noise, target_dice(node.target_dice), source, list(ids), size, cache_dir)
 
 
-def noise_report(cfg: DictConfig, arrays: dict[str, dict[str, np.ndarray]]) -> dict[str, Any]:
-    """The configured noise and the realised noise: mean Dice(noisy, clean) over the noisy split."""
-    noisy = arrays["noisy"]
-    realised = realised_dice(noisy["noisy_masks"], noisy["masks"]) if "noisy_masks" in noisy and len(noisy["masks"]) else 1.0
-    return {**node_kwargs(cfg.noise, drop=()), "realised_dice": realised}
+def noise_report(node: DictConfig, noise: MaskNoise | None, calibration: dict[str, float], ids: list[str],
+                 noisy: dict[str, np.ndarray]) -> dict[str, Any]:
+    """The configured noise, the level used, and the realised noise: mean Dice(noisy, true) over the
+    noisy split, and over its corrupted images alone (neither missing nor left clean)."""
+    report = {**node_kwargs(node, drop=()), **calibration, "realised_dice": 1.0}
+    if noise is None or not len(ids):
+        return report
+    corrupted = np.array([noise.is_corrupted(i) and not noise.is_missing(i) for i in ids])
+    report.update(level=noise.level, realised_dice=realised_dice(noisy["noisy_masks"], noisy["masks"]),
+                  corrupted_count=int(corrupted.sum()), missing_count=int(sum(noise.is_missing(i) for i in ids)))
+    if corrupted.any():
+        report["realised_dice_corrupted"] = realised_dice(noisy["noisy_masks"][corrupted], noisy["masks"][corrupted])
+    return report
 
 
 def _stream_dataset(arrays: dict[str, dict[str, np.ndarray]], splits: tuple[str, ...], transform) -> SegmentationDataset:
@@ -190,6 +205,26 @@ def _changes(override: Any, cfg: DictConfig, started: tuple[set[str], dict[str, 
     return override.is_delete() or OmegaConf.select(cfg, key, default=missing) != override.value()
 
 
+def _fit_subset(noisy: dict[str, np.ndarray], count: int) -> dict[str, Any] | None:
+    """Up to ``count`` noisy-set images (spread evenly) with their noisy and true masks, for the
+    memorisation curve; None without annotation noise or with ``count=0``."""
+    if "noisy_masks" not in noisy or not count or not len(noisy["images"]):
+        return None
+    picks = np.linspace(0, len(noisy["images"]) - 1, min(count, len(noisy["images"]))).astype(int)
+    return {"data": SegmentationDataset(noisy["images"][picks], {"mask": noisy["masks"][picks]}),
+            "noisy": noisy["noisy_masks"][picks] > 0, "true": noisy["masks"][picks] > 0}
+
+
+def _noisy_set_fit(net, fitset: dict[str, Any] | None, batch_size: int, device) -> dict[str, float]:
+    """Dice of the model on noisy-set images against their noisy labels and against the truth: a model
+    that starts to fit the noise (memorisation) raises the first while the second falls."""
+    if fitset is None:
+        return {}
+    pred = predict_probs(net, fitset["data"], batch_size, device) >= 0.5
+    return {"noisyset_dice_vs_noisy": score(pred, fitset["noisy"])["dice"],
+            "noisyset_dice_vs_true": score(pred, fitset["true"])["dice"]}
+
+
 def _preview(model, dataset: SegmentationDataset, masks: np.ndarray, probs: np.ndarray, count: int = 6) -> np.ndarray:
     images = denormalise(torch.stack([dataset[i]["image"] for i in range(count)]))
     return image_grid([images, masks[:count].astype(np.float32), probs[:count]])
@@ -264,11 +299,12 @@ def train(cfg: DictConfig | dict, run_dir: str | Path | None = None) -> dict[str
     torch.manual_seed(cfg.seed)  # model initialisation
 
     with main_first():  # rank 0 decodes and caches the splits, the others then read the cache
-        _, arrays = load_splits(cfg, run_dir, manifest=main)
+        _, arrays, noise = load_splits(cfg, run_dir, manifest=main)
     loss = build_loss(cfg.loss.name, **node_kwargs(cfg.loss))
     method = build_method(cfg.method.name, loss, **node_kwargs(cfg.method))
     streams = build_streams(cfg, method, arrays)
     evalsets = {s: SegmentationDataset(arrays[s]["images"], {"mask": arrays[s]["masks"]}) for s in ("val", "test")}
+    fitset = _fit_subset(arrays["noisy"], cfg.trainer.fit_curve_images)
     net = build_model(cfg.model.name, **node_kwargs(cfg.model)).to(device)
     if cfg.trainer.channels_last:
         net = net.to(memory_format=torch.channels_last)  # convolutions then take NHWC inputs as they come
@@ -295,6 +331,7 @@ def train(cfg: DictConfig | dict, run_dir: str | Path | None = None) -> dict[str
                 val, probs = evaluate(net, evalsets["val"], arrays["val"]["masks"], cfg.trainer.eval_batch_size, device)
                 row = {"epoch": epoch, "step": trainer.counters["steps"], "lr": optimizer.param_groups[0]["lr"],
                        **{f"train_{k}": v for k, v in logs.items()}, **{f"val_{k}": v for k, v in val.items()}}
+                row.update(_noisy_set_fit(net, fitset, cfg.trainer.eval_batch_size, device))
                 history.append(row)
                 log.epoch(history, trainer.counters["steps"])
                 log.images("val/image_truth_prediction", _preview(net, evalsets["val"], arrays["val"]["masks"], probs), epoch)
@@ -330,7 +367,7 @@ def train(cfg: DictConfig | dict, run_dir: str | Path | None = None) -> dict[str
     results = {
         "test": test, "val": best["val"], "best_epoch": best["epoch"], "epochs": cfg.trainer.epochs,
         "steps": trainer.counters["steps"], "skipped_steps": trainer.counters["skipped"], "method_state": _scalars(method.state_dict()),
-        "split_sizes": {name: len(a["images"]) for name, a in arrays.items()}, "noise": noise_report(cfg, arrays),
+        "split_sizes": {name: len(a["images"]) for name, a in arrays.items()}, "noise": noise,
         "device": str(device), "processes": world, "config": resolved,
     }
     write_json(run_dir / "results.json", results)
@@ -437,7 +474,13 @@ def _run_and_report(run: Callable[[DictConfig, str], dict], cfg: DictConfig, run
 
 
 def main() -> None:
-    hydra_main("train", train, lambda results: {"test": results["test"]}, checkpoint="last.pt")
+    hydra_main("train", train, summary, checkpoint="last.pt")
+
+
+def summary(results: dict) -> dict:
+    """What the command line prints: the test scores next to the noise the model was trained with."""
+    noise = {k: results["noise"][k] for k in ("kind", "target_dice", "level", "realised_dice") if k in results["noise"]}
+    return {"method": results["config"]["method"]["name"], "noise": noise, "test": results["test"]}
 
 
 if __name__ == "__main__":

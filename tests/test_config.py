@@ -35,7 +35,7 @@ def test_config_files_match_registry(group):
 
 
 def test_noise_configs_match_registry():
-    assert options("noise") == sorted(NOISE_MODELS.names() + ["none"])
+    assert options("noise") == sorted(NOISE_MODELS.names() + ["none", "annotator"])  # annotator: a calibrated preset
 
 
 @pytest.mark.parametrize("name", options("model"))
@@ -64,5 +64,7 @@ def test_data_configs_compose(name):
 def test_experiment_and_arm_configs_compose(name):
     cfg = compose_with(name if name.startswith("arm=") else f"experiment={name}")
     assert cfg.method.name in METHODS.names() and cfg.noise.kind
-    if name.startswith("arm="):
+    if name == "arm=recommended":  # the default arm: no label, since method=... may override its method
+        assert cfg.label is None
+    elif name.startswith("arm="):
         assert cfg.label == name[4:]

@@ -31,7 +31,7 @@ from noisyseg.train import CONFIG_DIR, main, resume_command, resume_config, trai
 
 ROOT = Path(__file__).resolve().parents[1]
 # threads=1: tiny convolutions run many times faster on one thread when other work shares the CPU.
-TINY = ("debug=fast", "data.params.count=80", "threads=1")
+TINY = ("debug=fast", "data.params.count=80", "threads=1", "method=noisy")  # fail_at_step patches Method.step
 RUN = (*TINY, "trainer.epochs=3", "trainer.steps_per_epoch=4", "model.dropout=0.3")  # dropout: seeding must resume too
 
 

@@ -230,3 +230,43 @@ def test_preview_writes_one_png(tmp_path):
     out = tmp_path / "preview.png"
     main(["preview", "--out", str(out), "--levels", "1.0", "--count", "1"])
     assert cv2.imread(str(out)) is not None
+
+
+# --- the paper's annotator (coarse) and missing annotations -------------------------------------------
+def test_coarse_polygons_have_three_to_seven_vertices():
+    from noisyseg.noise import _polygon
+
+    contour = np.stack(np.nonzero(varied_masks()[0]), axis=1)[:, ::-1]  # any long point list
+    counts = {level: len(_polygon(contour, level, 30.0, np.random.default_rng(0))) for level in (0.001, 0.5, 1.0)}
+    assert counts == {0.001: 7, 0.5: 5, 1.0: 3}
+
+
+def test_coarse_outlines_are_convex_shapes_of_few_vertices():
+    """A box, an ellipse or a polygon of <= 7 clicks, dilated or eroded: convex for convex lesions."""
+    for seed, mask in enumerate(varied_masks()[::2]):  # the ellipses
+        out = corrupt(mask, "coarse", 0.8, seed)
+        contours, _ = cv2.findContours(out, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+        [outline] = contours
+        hull = cv2.convexHull(outline)
+        if cv2.contourArea(hull) > 100:  # a tightened sliver of a few pixels is all discretisation
+            assert cv2.contourArea(outline) >= 0.9 * cv2.contourArea(hull)
+
+
+@pytest.mark.parametrize("missing", [0.0, 0.3, 1.0])
+def test_missing_annotations_are_empty_and_nested(missing):
+    mask = varied_masks()[0]
+    noise = MaskNoise("morph", 0.5, 1.0, seed=4, missing=missing)
+    gone = [i for i in IDS if noise.is_missing(i)]
+    assert all(not noise(i, mask).any() for i in gone)
+    assert all(noise(i, mask).any() for i in IDS if i not in gone)
+    assert abs(len(gone) / len(IDS) - missing) < 0.1
+    wider = MaskNoise("morph", 0.5, 1.0, seed=4, missing=min(1.0, missing + 0.2))
+    assert set(gone) <= {i for i in IDS if wider.is_missing(i)}
+
+
+def test_missing_is_independent_of_the_corrupted_fraction():
+    a, b = MaskNoise("morph", 0.5, 0.5, seed=0, missing=0.3), MaskNoise("morph", 0.5, 0.9, seed=0, missing=0.3)
+    assert [a.is_missing(i) for i in IDS] == [b.is_missing(i) for i in IDS]
+    assert MaskNoise("morph", 0.5, missing=0.3).key != MaskNoise("morph", 0.5).key
+    with pytest.raises(ConfigError, match="noise.missing"):
+        MaskNoise("morph", 0.5, missing=1.5)

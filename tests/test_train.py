@@ -43,6 +43,8 @@ def test_cli_run_writes_results(tmp_path, method, extra):
     assert results["config"][extra.split("=")[0]]["name" if extra.startswith("loss") else "kind"] == extra.split("=")[1]
     assert (out / "splits.json").exists() and (out / "metrics.csv").read_text().count("\n") == 3
     assert (out / "best.pt").exists() and (out / ".hydra" / "config.yaml").exists()
+    printed = json.loads(proc.stdout)  # the realised noise next to the test scores
+    assert printed["test"] == results["test"] and printed["noise"]["realised_dice"] == results["noise"]["realised_dice"]
 
 
 @pytest.mark.parametrize("override, message", [
@@ -126,7 +128,7 @@ def test_meta_clean_every_resumes_mid_cycle(tmp_path, monkeypatch):
 def test_noise_corrupts_only_the_noisy_split(tmp_path):
     results = train(config("noise=morph", "noise.level=1.0", "method=noisy_only"), tmp_path)
     assert results["noise"]["kind"] == "morph" and results["noise"]["realised_dice"] < 0.8
-    assert train(config("method=noisy_only"), tmp_path / "clean")["noise"]["realised_dice"] == 1.0
+    assert train(config("method=noisy_only", "noise=none"), tmp_path / "clean")["noise"]["realised_dice"] == 1.0
 
 
 def test_trained_network_beats_best_threshold_baseline(tmp_path):
@@ -154,3 +156,53 @@ def test_compile_is_refused_for_the_meta_step(tmp_path):
     with pytest.raises(ConfigError, match="trainer.compile"):
         train(config("method=meta", "trainer.compile=true"), tmp_path)
     assert not (tmp_path / "splits.json").exists()
+
+
+def test_noise_is_identical_across_methods_and_fixed_by_the_seed(tmp_path):
+    """Every arm of a benchmark sees the same noisy masks; another seed draws other ones."""
+    from noisyseg.train import load_splits
+
+    def noisy_masks(*overrides):
+        cfg = config("noise=coarse", "noise.target_dice=annotator_mean", "noise.missing=0.2", "cache_dir=null", *overrides)
+        return load_splits(cfg, tmp_path, manifest=False)[1]["noisy"]["noisy_masks"]
+
+    reference = noisy_masks("method=meta")
+    assert np.array_equal(reference, noisy_masks("method=balanced"))
+    assert np.array_equal(reference, noisy_masks("method=oracle"))
+    assert not np.array_equal(reference, noisy_masks("seed=1"))
+
+
+def test_results_report_the_calibrated_and_realised_noise(tmp_path):
+    results = train(config("noise=mix", "noise.target_dice=0.7", "noise.missing=0.25", "noise.fraction=0.5"), tmp_path)
+    noise = results["noise"]
+    assert noise["target_dice"] == 0.7 and 0 < noise["level"] <= 1 and noise["missing_count"] > 0
+    assert noise["realised_dice_corrupted"] == pytest.approx(0.7, abs=0.05)  # 24 of the 80 images: sampling error
+    assert noise["realised_dice"] < noise["realised_dice_corrupted"]  # the missing masks score 0
+    assert results["config"]["noise"]["level"] == 0.5  # the configured level, ignored with target_dice
+
+
+def test_metrics_track_the_fit_of_the_noisy_set(tmp_path):
+    train(config("noise=morph", "noise.level=1.0"), tmp_path / "noisy")
+    rows = (tmp_path / "noisy" / "metrics.csv").read_text().splitlines()
+    header = rows[0].split(",")
+    assert {"noisyset_dice_vs_noisy", "noisyset_dice_vs_true"} <= set(header)
+    assert all(row.split(",")[header.index("noisyset_dice_vs_true")] for row in rows[1:])
+    train(config("noise=none"), tmp_path / "clean")  # no annotation noise: no curve
+    assert "noisyset_dice_vs_noisy" not in (tmp_path / "clean" / "metrics.csv").read_text()
+
+
+def test_missing_or_target_without_a_noise_kind_is_refused(tmp_path):
+    with pytest.raises(ConfigError, match="need a noise kind"):
+        train(config("noise=none", "noise.missing=0.2"), tmp_path)
+    with pytest.raises(ConfigError, match="noise.target_dice"):
+        train(config("noise=coarse", "noise.target_dice=sloppy"), tmp_path)
+
+
+def test_the_main_job_is_the_recommended_recipe_on_realistic_annotator_noise():
+    with initialize_config_dir(CONFIG_DIR, version_base="1.3"):
+        default = compose("train")
+        recommended = compose("train", overrides=["arm=recommended"])
+        plain = compose("train", overrides=["method=clean", "noise=none"])
+    assert default.noise.kind == "coarse" and default.noise.target_dice == "realistic"
+    assert default.method == recommended.method and default.label is None
+    assert plain.method.name == "clean" and plain.noise.kind == "none"  # the command line wins over the arm

@@ -85,8 +85,8 @@ def _load_data(cfg: DictConfig, run_dir: Path, main: bool) -> tuple[Pool, dict[s
         save_manifest(run_dir / "splits.json", splits)
     train_ids = splits["clean"] + splits["noisy"] + splits["pool"]  # active learning labels these itself
     show = cfg.trainer.progress
-    arrays = load_arrays(source, train_ids, cfg.data.size, cfg.cache_dir, noise=build_noise(cfg.noise), split="active",
-                         progress=show)
+    noise, _ = build_noise(cfg.noise, source, train_ids, cfg.data.size, cfg.cache_dir)  # the oracle's noise
+    arrays = load_arrays(source, train_ids, cfg.data.size, cfg.cache_dir, noise=noise, split="active", progress=show)
     pool = Pool(train_ids, arrays["images"], arrays["masks"], arrays.get("noisy_masks", arrays["masks"]))
     evalsets, evalmasks = {}, {}
     for name in ("val", "test"):

@@ -1,0 +1,224 @@
+"""Aggregate a benchmark: run folders -> one table of regimes x arms, the share of the control-to-oracle
+gap each arm closes, the recipe chosen on validation data, and two plots.
+
+    python experiments/benchmark/aggregate.py experiments/results/bench_quick
+
+A *regime* is (noise kind, named noise level, fraction of noisy images corrupted, share of missing
+masks, number of expert images). Rows are the preset's default regime and the one-axis slices around
+it, named by what differs from the default. ``clean`` and ``oracle`` do not depend on the noise, so a
+noise slice reuses their runs at the same number of expert images. For every cell: test Dice mean ±
+std over seeds and the share of the gap between the better control (``clean`` or ``balanced``) and
+the ``oracle`` that the arm closes. The recommended recipe is the non-oracle arm with the best mean
+*validation* Dice over all regimes, ``meta_best`` the best meta variant (never the test Dice). Writes ``summary.csv``, ``summary.md``,
+``dice_by_regime.png`` and ``memorisation.png`` next to ``runs/``.
+"""
+from __future__ import annotations
+
+import csv
+import json
+from collections import Counter, defaultdict
+from pathlib import Path
+
+import numpy as np
+
+from noisyseg.checkpoint import write_csv
+from noisyseg.sweep import ordered, read_sweep
+
+ORDER = ["clean", "pooled", "balanced", "meta", "meta_clean", "oracle"]
+CONTROLS, ORACLE, NOISE_FREE = ("clean", "balanced"), "oracle", ("clean", "oracle")
+AXES = ("kind", "target", "fraction", "missing", "experts")
+
+
+def collect(root: Path) -> list[dict]:
+    """One row per finished run: arm, regime, seed, realised noise, test and validation Dice, and the
+    per-epoch fit of the noisy set (from the run's metrics.csv)."""
+    rows = []
+    for path in sorted(root.rglob("results.json")):
+        results = json.loads(path.read_text())
+        config = results["config"]
+        noise = config["noise"]
+        rows.append({
+            "label": config.get("label") or config["method"]["name"], "seed": config["seed"],
+            "kind": noise["kind"], "target": str(noise.get("target_dice") or f"level {noise['level']}"),
+            "fraction": float(noise["fraction"]), "missing": float(noise.get("missing", 0.0)),
+            "experts": results["split_sizes"]["clean"], "noisy_images": results["split_sizes"]["noisy"],
+            "realised_dice": results["noise"]["realised_dice"], "test_dice": results["test"]["dice"],
+            "val_dice": results["val"]["dice"], "run_dir": str(path.parent),
+        })
+    return rows
+
+
+def regime(row: dict) -> tuple:
+    return tuple(row[a] for a in AXES)
+
+
+def default_regime(rows: list[dict]) -> tuple:
+    """The preset's default: per axis, the value most runs share (every slice moves one axis only)."""
+    return tuple(Counter(row[a] for row in rows).most_common(1)[0][0] for a in AXES)
+
+
+def regime_name(value: tuple, default: tuple) -> str:
+    differ = [f"{axis}={v}" for axis, v, d in zip(AXES, value, default) if v != d]
+    return ", ".join(differ) or "default"
+
+
+def cells(rows: list[dict]) -> dict[tuple[str, tuple], list[dict]]:
+    """(arm, regime) -> runs; the noise-free arms are copied to every regime with their expert count."""
+    by_cell: dict[tuple[str, tuple], list[dict]] = defaultdict(list)
+    for row in rows:
+        by_cell[row["label"], regime(row)].append(row)
+    default = default_regime(rows)
+    for value in {regime(r) for r in rows}:
+        for arm in NOISE_FREE:
+            if (arm, value) not in by_cell:
+                base = (*default[:-1], value[-1])  # the default noise, this many experts
+                if (arm, base) in by_cell:
+                    by_cell[arm, value] = by_cell[arm, base]
+    return by_cell
+
+
+def stats(runs: list[dict], key: str) -> tuple[float, float]:
+    values = np.array([r[key] for r in runs])
+    return float(values.mean()), float(values.std(ddof=1)) if len(values) > 1 else 0.0
+
+
+def summarise(rows: list[dict]) -> tuple[list[dict], list[tuple], list[str], str]:
+    """Summary entries (arm, regime, n, test/val Dice mean ± std, gap closed), the regimes in order
+    (default first), the arms in order, and the recipes chosen on validation (:func:`choose`)."""
+    by_cell, default = cells(rows), default_regime(rows)
+    regimes = sorted({v for _, v in by_cell}, key=lambda v: (v != default, regime_name(v, default)))
+    arms = ordered((a for a, _ in by_cell), ORDER)
+    summary = []
+    for value in regimes:
+        means = {a: stats(by_cell[a, value], "test_dice")[0] for a in arms if (a, value) in by_cell}
+        better = max((means[c] for c in CONTROLS if c in means), default=None)
+        room = means[ORACLE] - better if better is not None and ORACLE in means else None
+        for arm in arms:
+            runs = by_cell.get((arm, value))
+            if not runs:
+                continue
+            (test, test_std), (val, val_std) = stats(runs, "test_dice"), stats(runs, "val_dice")
+            summary.append({
+                "arm": arm, "regime": regime_name(value, default), **dict(zip(AXES, value)), "n": len(runs),
+                "realised_dice": float(np.mean([r["realised_dice"] for r in runs])),
+                "test_dice_mean": test, "test_dice_std": test_std, "val_dice_mean": val, "val_dice_std": val_std,
+                "gap_closed": (test - better) / room if room and room > 0 else None,
+            })
+    return summary, regimes, arms, choose(summary, arms)
+
+
+def choose(summary: list[dict], arms: list[str]) -> dict[str, str | None]:
+    """The recipes named on validation Dice (never test Dice): ``recommended``, the non-oracle arm with
+    the best mean over every regime (among the arms that ran them all), and ``meta_best``, the best meta
+    variant over the regimes that all meta variants ran."""
+    ran = {a: {s["regime"] for s in summary if s["arm"] == a} for a in arms}
+    every = set().union(*ran.values())
+
+    def best(candidates: list[str]) -> str | None:
+        if not candidates:
+            return None
+        shared = set.intersection(*(ran[a] for a in candidates))
+        means = {a: np.mean([s["val_dice_mean"] for s in summary if s["arm"] == a and s["regime"] in shared])
+                 for a in candidates}
+        return max(means, key=means.get)
+
+    return {"recommended": best([a for a in arms if a != ORACLE and ran[a] == every]),
+            "meta_best": best([a for a in arms if a.startswith("meta")])}
+
+
+def markdown(summary: list[dict], regimes: list[tuple], arms: list[str], chosen: dict[str, str], default: tuple) -> str:
+    entry = {(s["arm"], s["regime"]): s for s in summary}
+    names = [regime_name(v, default) for v in regimes]
+    lines = ["| regime (noisy-mask Dice) | " + " | ".join(arms) + " |", "|---|" + "---|" * len(arms)]
+    for name in names:
+        noisy = [entry[a, name]["realised_dice"] for a in arms if (a, name) in entry and a not in NOISE_FREE]
+        cells = []
+        for arm in arms:
+            s = entry.get((arm, name))
+            gap = "" if s is None or s["gap_closed"] is None or arm in CONTROLS + (ORACLE,) else f" ({100 * s['gap_closed']:+.0f} %)"
+            cells.append(f"{s['test_dice_mean']:.3f} ± {s['test_dice_std']:.3f}{gap}" if s else "–")
+        lines.append(f"| {name} ({np.mean(noisy) if noisy else 1.0:.2f}) | " + " | ".join(cells) + " |")
+    d = dict(zip(AXES, default))
+    n = max(s["n"] for s in summary)
+    return ("\n".join(lines) + f"\n\nTest Dice, mean ± std over {n} seeds; in brackets, the share of the gap between the "
+            "better control (clean, balanced) and the oracle that the arm closes. Default regime: "
+            f"{d['kind']} noise at {d['target']}, fraction {d['fraction']:g}, missing {d['missing']:g}, {d['experts']} "
+            f"expert images. Chosen on validation Dice (mean over regimes): recommended **{chosen['recommended']}**, "
+            f"meta_best **{chosen['meta_best']}**.\n")
+
+
+def plot_regimes(summary: list[dict], regimes: list[tuple], arms: list[str], default: tuple, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [regime_name(v, default) for v in regimes]
+    entry = {(s["arm"], s["regime"]): s for s in summary}
+    fig, ax = plt.subplots(figsize=(max(7, 1.3 * len(names)), 4.5))
+    width = 0.8 / len(arms)
+    for k, arm in enumerate(arms):
+        xs = [i + (k - (len(arms) - 1) / 2) * width for i, n in enumerate(names) if (arm, n) in entry]
+        ys = [entry[arm, n] for n in names if (arm, n) in entry]
+        ax.errorbar(xs, [s["test_dice_mean"] for s in ys], yerr=[s["test_dice_std"] for s in ys], fmt="o",
+                    capsize=3, label=arm, linestyle="none")
+    ax.set_xticks(range(len(names)), names, rotation=20, ha="right", fontsize=8)
+    ax.set(ylabel="test Dice", title=f"{path.parent.name}: every arm per regime (mean ± std over seeds)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, ncol=len(arms))
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_memorisation(rows: list[dict], default: tuple, path: Path) -> None:
+    """Per arm at the default regime: Dice of the model on noisy-set images against their noisy masks
+    (solid) and against the truth (dashed), mean over seeds, per epoch."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for k, arm in enumerate(ordered({r["label"] for r in rows}, ORDER)):
+        curves = [_fit_curve(r["run_dir"]) for r in rows if r["label"] == arm and regime(r) == default and r["run_dir"]]
+        curves = [c for c in curves if c is not None]
+        if not curves:
+            continue
+        length = min(len(c[0]) for c in curves)
+        for column, style in ((1, "-"), (2, "--")):
+            mean = np.mean([c[column][:length] for c in curves], axis=0)
+            ax.plot(curves[0][0][:length], mean, style, color=f"C{k}", label=f"{arm} vs {'noisy' if column == 1 else 'true'}")
+    ax.set(xlabel="epoch", ylabel="Dice on noisy-set images",
+           title="Fit of the noisy set: vs its noisy masks (solid) and the truth (dashed)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _fit_curve(run_dir: str) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    path = Path(run_dir) / "metrics.csv"
+    if not path.exists():
+        return None
+    with open(path) as f:
+        rows = [r for r in csv.DictReader(f) if r.get("noisyset_dice_vs_noisy")]
+    if not rows:
+        return None
+    return tuple(np.array([float(r[c]) for r in rows]) for c in ("epoch", "noisyset_dice_vs_noisy", "noisyset_dice_vs_true"))
+
+
+def main(argv: list[str] | None = None) -> None:
+    root, rows = read_sweep(argv, __doc__.splitlines()[0], collect)
+    summary, regimes, arms, chosen = summarise(rows)
+    default = default_regime(rows)
+    write_csv(root / "summary.csv", summary)
+    (root / "summary.md").write_text(markdown(summary, regimes, arms, chosen, default))
+    plot_regimes(summary, regimes, arms, default, root / "dice_by_regime.png")
+    plot_memorisation(rows, default, root / "memorisation.png")
+    print((root / "summary.md").read_text())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,69 @@
+"""The benchmark's aggregation (experiments/benchmark) on fabricated run folders: regimes named by the
+axis they move, noise-free arms shared across noise slices, the share of the control-to-oracle gap,
+the recipe chosen on validation Dice, and the slice commands."""
+from __future__ import annotations
+
+import csv
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def load(name: str):
+    spec = importlib.util.spec_from_file_location(f"benchmark_{name}", ROOT / "experiments" / "benchmark" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+aggregate, run = load("aggregate"), load("run")
+
+
+def fabricate(root: Path, label: str, seed: int, test: float, val: float, target: str = "annotator_mean",
+              clean: int = 10, epochs: int = 3) -> None:
+    folder = root / "runs" / label / f"{target}-c{clean}" / f"seed={seed}"
+    folder.mkdir(parents=True)
+    noise = {"kind": "coarse", "level": 0.5, "fraction": 1.0, "missing": 0.0, "target_dice": target}
+    results = {"test": {"dice": test}, "val": {"dice": val}, "split_sizes": {"clean": clean, "noisy": 90},
+               "noise": {"realised_dice": 0.78 if target == "annotator_mean" else 0.65},
+               "config": {"label": label, "seed": seed, "noise": noise, "method": {"name": label}}}
+    (folder / "results.json").write_text(json.dumps(results))
+    rows = ["epoch,noisyset_dice_vs_noisy,noisyset_dice_vs_true"] + [f"{e},{0.6 + 0.1 * e},{0.7 - 0.05 * e}" for e in range(epochs)]
+    (folder / "metrics.csv").write_text("\n".join(rows) + "\n")
+
+
+def test_gap_closed_and_recommendation_on_validation(tmp_path):
+    for seed in range(3):
+        fabricate(tmp_path, "clean", seed, 0.70, 0.70)
+        fabricate(tmp_path, "balanced", seed, 0.80, 0.80)
+        fabricate(tmp_path, "oracle", seed, 0.90, 0.90)
+        fabricate(tmp_path, "meta", seed, 0.85, 0.70)           # best test, worse validation
+        fabricate(tmp_path, "pooled", seed, 0.60, 0.85)         # worst test, best validation
+        fabricate(tmp_path, "meta", seed, 0.75, 0.70, target="severe")
+        fabricate(tmp_path, "balanced", seed, 0.70 + 0.01 * seed, 0.7, target="severe")
+        fabricate(tmp_path, "pooled", seed, 0.50, 0.80, target="severe")
+    aggregate.main([str(tmp_path)])
+    rows = {(r["arm"], r["regime"]): r for r in csv.DictReader(open(tmp_path / "summary.csv"))}
+    assert float(rows["meta", "default"]["gap_closed"]) == pytest.approx(0.5)       # (0.85 - 0.80) / (0.90 - 0.80)
+    assert float(rows["pooled", "default"]["gap_closed"]) == pytest.approx(-2.0)
+    # severe reuses the noise-free arms: better control = balanced 0.71, oracle 0.90
+    assert rows["oracle", "target=severe"]["test_dice_mean"] == rows["oracle", "default"]["test_dice_mean"]
+    assert float(rows["meta", "target=severe"]["gap_closed"]) == pytest.approx((0.75 - 0.71) / (0.90 - 0.71))
+    table = (tmp_path / "summary.md").read_text()
+    assert "recommended **pooled**, meta_best **meta**" in table  # never the test Dice
+    assert "| default (0.78) |" in table and "0.850 ± 0.000 (+50 %)" in table
+    assert (tmp_path / "dice_by_regime.png").stat().st_size > 1000 and (tmp_path / "memorisation.png").stat().st_size > 1000
+
+
+def test_slices_move_one_axis_and_skip_noise_free_arms_on_noise_axes():
+    commands = run.commands("bench_quick", ["default", "level", "experts"], jobs=2, extra=["data.params.root=/x"])
+    arms = [next(a for a in c if a.startswith("arm=")) for c in commands]
+    assert arms[0] == "arm=clean,pooled,balanced,meta,oracle,meta_clean"  # default point, meta variants too
+    assert arms[1] == arms[2] == "arm=pooled,balanced,meta"              # noise slices
+    assert arms[3] == arms[4] == "arm=clean,pooled,balanced,meta,oracle"  # expert-count slices
+    assert all("experiment=bench_quick" in c and "data.params.root=/x" in c and "threads=1" in c for c in commands)
+    assert ["noise.target_dice=severe" in c for c in commands] == [False, False, True, False, False]
