@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 import torch
 
 from noisyseg.losses import PixelLoss
+from noisyseg.meta import MetaReweightedLoss
 from noisyseg.registry import Registry
 
 METHODS: Registry = Registry("method")
@@ -101,8 +102,6 @@ class MetaReweighted(Method):
     def __init__(self, loss: PixelLoss, backend: str = "jvp", lr: float | None = None, clean_batch_size: int = 16,
                  normalize: str = "batch", zero_policy: str = "skip", clean_loss_weight: float = 0.0,
                  params: list[str] | None = None, clean_every: int = 1) -> None:
-        from noisyseg.meta import MetaReweightedLoss  # keeps `import noisyseg.methods` light
-
         super().__init__(loss)
         self.meta_lr, self.clean_batch_size, self.clean_loss_weight = lr, clean_batch_size, clean_loss_weight
         self.meta_loss = MetaReweightedLoss(loss.per_pixel, lr or 0.0, backend, normalize, zero_policy, params=params,

@@ -17,7 +17,8 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from noisyseg.checkpoint import load_checkpoint, prepare_run_dir, save_checkpoint, write_image, write_json
+from noisyseg.atomic import prepare_run_dir, write_image, write_json
+from noisyseg.checkpoint import load_checkpoint, save_checkpoint
 from noisyseg.data.cache import load_arrays
 from noisyseg.data.dataset import SegmentationDataset
 from noisyseg.data.sources import build_source

@@ -21,7 +21,8 @@ import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 
-from noisyseg.checkpoint import load_checkpoint, prepare_run_dir
+from noisyseg.atomic import prepare_run_dir
+from noisyseg.checkpoint import load_checkpoint
 from noisyseg.engine import Trainer, TrainingDiverged
 from noisyseg.errors import NoisysegError
 from noisyseg.methods import Method

@@ -15,7 +15,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from noisyseg.checkpoint import write_atomic
+from noisyseg.atomic import write_atomic
 from noisyseg.data.sources import Source
 
 CACHE_VERSION = 1
