@@ -55,10 +55,13 @@ class CleanOnly(Method):
 
 
 @METHODS.register("noisy")
-class Pooled(Method):
-    """Train on noisy + clean data pooled, unweighted."""
+class NoisyPooled(Method):
+    """Train on noisy + clean data pooled, unweighted (``method=noisy``; the sweep arm ``pooled``)."""
 
     streams = {"train": ("noisy", "clean")}
+
+
+Pooled = NoisyPooled  # deprecated alias: the class was renamed to start with its registry key
 
 
 @METHODS.register("noisy_only")
