@@ -159,6 +159,7 @@ def test_command_line_leaves_other_problems_to_hydra():
     check_command_line(CONFIG_DIR, "active_loop", ["active.queries=3,5", "active/arm=ceal"])
 
 
+@pytest.mark.slow  # starts a subprocess
 def test_cli_typo_fails_before_hydra_creates_the_run_folder(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     out = tmp_path / "run"
