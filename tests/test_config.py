@@ -5,6 +5,7 @@ import inspect
 from pathlib import Path
 
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
@@ -46,7 +47,12 @@ def test_noise_configs_match_registry():
 def test_model_configs_build(name):
     cfg = compose_with(f"model={name}")
     kwargs = {k: v for k, v in OmegaConf.to_container(cfg.model).items() if k != "name"}
-    assert build_model(cfg.model.name, **kwargs) is not None
+    model = build_model(cfg.model.name, **kwargs)
+    assert isinstance(model, MODELS.get(cfg.model.name))
+    dropouts = [m.p for m in model.modules() if isinstance(m, torch.nn.modules.dropout._DropoutNd)]
+    assert dropouts == ([cfg.model.dropout] if cfg.model.dropout else [])
+    size = 2 ** cfg.model.depth
+    assert model.eval()(torch.zeros(2, cfg.model.in_channels, size, size)).shape == (2, 1, size, size)
 
 
 @pytest.mark.parametrize("loss", options("loss"))
