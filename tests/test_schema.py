@@ -1,6 +1,7 @@
 """Config validation: schemas reject unknown keys and wrong types, RULES reject bad values, before any work."""
 from __future__ import annotations
 
+import inspect
 import os
 import subprocess
 import sys
@@ -196,3 +197,26 @@ def test_cli_typo_fails_before_hydra_creates_the_run_folder(tmp_path):
     assert proc.returncode == 2
     assert "trainer.epoch" in proc.stderr and "epochs" in proc.stderr
     assert not out.exists()
+
+
+def _parameters(plugin) -> list[str]:
+    return [name for name in inspect.signature(plugin).parameters if name != "self"]
+
+
+def test_schemas_of_plugin_nodes_match_the_plugin_signatures():
+    """The typed schema nodes that hold one plug-in's options list exactly its parameters, in order
+    (model: the U-Net; meta: the meta method minus the loss it gets built); the range rules of the
+    schemaless optim node name options that some optimiser (or the schedule) takes."""
+    from dataclasses import fields
+
+    from noisyseg.methods import METHODS
+    from noisyseg.models import MODELS
+    from noisyseg.optim import OPTIMIZERS, build_optimizer
+    from noisyseg.schema import RULES, MetaConfig, ModelConfig
+
+    assert MODELS.names() == ["unet"]  # a second model would need its own schema node
+    assert [f.name for f in fields(ModelConfig)] == ["name", *_parameters(MODELS.get("unet"))]
+    assert [f.name for f in fields(MetaConfig)] == [p for p in _parameters(METHODS.get("meta")) if p != "loss"]
+    optim_options = {p for name in OPTIMIZERS.names() for p in _parameters(OPTIMIZERS.get(name))}
+    optim_options |= set(_parameters(build_optimizer))
+    assert {key.split(".", 1)[1] for key in RULES if key.startswith("optim.")} <= optim_options
