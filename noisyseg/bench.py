@@ -35,6 +35,7 @@ from typing import Callable
 
 import torch
 
+from noisyseg.device import resolve_device, synchronize
 from noisyseg.losses import BCELoss
 from noisyseg.meta import META_BACKENDS, MetaReweightedLoss
 from noisyseg.models import UNet
@@ -43,15 +44,6 @@ LR = 0.01
 APPROXIMATIONS = ["jvp[head]", "jvp_ad[head]", "jvp@2", "jvp@4"]  # meta.params=[head]: a virtual step on the
 # output layer only; @k: meta.clean_every=k, the clean gradient reused for k steps
 TARGETS = {"jvp_ratio_max": 2.5, "higher_over_jvp_min": 2.5, "jvp_mem_ratio_max": 1.5}
-
-
-def _device(name: str) -> torch.device:
-    return torch.device("cuda" if name == "auto" and torch.cuda.is_available() else "cpu" if name == "auto" else name)
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def _setup(args: argparse.Namespace, size: int, batch: int, device: torch.device):
@@ -123,10 +115,10 @@ def _time(args, methods, size, batch, device, repeats, warmup, desc):
         for r in range(warmup + repeats):
             rng.shuffle(order)
             for m in order:
-                _sync(device)
+                synchronize(device)
                 t0, c0 = time.perf_counter(), time.process_time()
                 steps[m]()
-                _sync(device)
+                synchronize(device)
                 if r >= warmup:  # per training step (a @k method's call is k steps)
                     wall[m].append((time.perf_counter() - t0) / getattr(steps[m], "steps", 1))
                     cpu[m].append((time.process_time() - c0) / getattr(steps[m], "steps", 1))
@@ -134,11 +126,11 @@ def _time(args, methods, size, batch, device, repeats, warmup, desc):
     gpu_mem = {}
     if device.type == "cuda":  # peak allocated during one step, above model, data and optimizer state
         for m in methods:
-            _sync(device)
+            synchronize(device)
             torch.cuda.reset_peak_memory_stats(device)
             base = torch.cuda.memory_allocated(device)
             steps[m]()
-            _sync(device)
+            synchronize(device)
             gpu_mem[m] = (torch.cuda.max_memory_allocated(device) - base) / 2**20
     return wall, cpu, gpu_mem
 
@@ -156,7 +148,7 @@ def _peak_rss_mb() -> float:
 
 def _rss_worker(args: argparse.Namespace) -> None:
     """Subprocess: build model and data, run ``--method`` (or nothing) twice, print peak RSS in MB."""
-    device = _device(args.device)
+    device = resolve_device(args.device)
     model, noisy, clean = _setup(args, args.size, args.batch, device)
     if args.method != "none":
         step = _make_step(args.method, model, noisy, clean, args.amp)
@@ -241,7 +233,7 @@ def _plot(runs: list[dict], args, path: str) -> None:
 
 
 def meta_main(args: argparse.Namespace) -> dict:
-    device = _device(args.device)
+    device = resolve_device(args.device)
     methods = ["plain"] + (args.backends.split(",") if args.backends else META_BACKENDS.names() + APPROXIMATIONS)
     for m in methods[1:]:
         META_BACKENDS.get(_parse(m)[0])
@@ -279,12 +271,12 @@ def _same(check: dict) -> str:
 
 
 def mc_main(args: argparse.Namespace) -> dict:
-    from noisyseg.active import MODES, image_scores, mc_predict
+    from noisyseg.inference import MODES, image_scores, mc_predict
     from noisyseg.models.unet import DROPOUT_POSITIONS
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = _device(args.device)
+    device = resolve_device(args.device)
     positions = args.positions.split(",") if args.positions else list(DROPOUT_POSITIONS)
     modes = ["naive"] + [m for m in MODES if m != "naive"]
     torch.manual_seed(0)
@@ -310,10 +302,10 @@ def mc_main(args: argparse.Namespace) -> dict:
         for r in range(args.warmup + args.repeats):
             rng.shuffle(order)
             for m in order:
-                _sync(device)
+                synchronize(device)
                 t0 = time.perf_counter()
                 image_scores(mc_predict(model, images, args.samples, mode=m, chunk=args.chunk), "variance", "sum")
-                _sync(device)
+                synchronize(device)
                 if r >= args.warmup:
                     wall[m].append(time.perf_counter() - t0)
         naive = statistics.median(wall["naive"])

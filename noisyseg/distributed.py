@@ -13,12 +13,16 @@ custom autograd function has no forward-mode rule, so the ``jvp`` backend cannot
 """
 from __future__ import annotations
 
+import os
 from contextlib import contextmanager
 from typing import Any, Iterator, Optional, Union
 
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
+
+from noisyseg.device import resolve_device
+from noisyseg.errors import ConfigError
 
 LOCAL = "local"  # process_group value that turns the distributed meta step off
 GroupArg = Union[None, str, Any]  # None (auto), "local", or a torch.distributed ProcessGroup
@@ -37,7 +41,6 @@ def resolve_group(process_group: GroupArg = None) -> Optional[Any]:
     """
     if isinstance(process_group, str):
         if process_group != LOCAL:
-            from noisyseg.errors import ConfigError
             raise ConfigError(f"process_group={process_group!r}: pass None (auto), {LOCAL!r} or a ProcessGroup")
         return None
     if process_group is not None:
@@ -89,10 +92,6 @@ def average_gradients(grads: list[Optional[Tensor]], count: int, group: Any) -> 
 def setup(device: str) -> tuple[int, int, torch.device]:
     """``(rank, world size, device)``; under ``torchrun`` (``WORLD_SIZE > 1``) joins the default process
     group once: NCCL with one GPU per process (``LOCAL_RANK``) when CUDA is used, gloo on CPU."""
-    import os
-
-    from noisyseg.engine import resolve_device
-
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world == 1:
         return 0, 1, resolve_device(device)

@@ -23,13 +23,6 @@ class TrainingDiverged(NoisysegError):
     """The loss became NaN or inf; nothing of the diverged epoch is saved."""
 
 
-def resolve_device(name: str) -> torch.device:
-    """``auto`` -> CUDA when available, else CPU."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
 def epoch_seed(seed: int, epoch: int, *extra: int) -> int:
     return int(np.random.SeedSequence([seed, epoch, *extra]).generate_state(1)[0])
 

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 import torch
 
 from noisyseg.losses import PixelLoss
+from noisyseg.meta import MetaReweightedLoss
 from noisyseg.registry import Registry
 
 METHODS: Registry = Registry("method")
@@ -54,10 +55,13 @@ class CleanOnly(Method):
 
 
 @METHODS.register("noisy")
-class Pooled(Method):
-    """Train on noisy + clean data pooled, unweighted."""
+class NoisyPooled(Method):
+    """Train on noisy + clean data pooled, unweighted (``method=noisy``; the sweep arm ``pooled``)."""
 
     streams = {"train": ("noisy", "clean")}
+
+
+Pooled = NoisyPooled  # deprecated alias: the class was renamed to start with its registry key
 
 
 @METHODS.register("noisy_only")
@@ -113,8 +117,6 @@ class MetaReweighted(Method):
     def __init__(self, loss: PixelLoss, backend: str = "jvp", lr: float | None = None, clean_batch_size: int = 16,
                  normalize: str = "batch", zero_policy: str = "skip", clean_loss_weight: float = 0.0,
                  params: list[str] | None = None, clean_every: int = 1) -> None:
-        from noisyseg.meta import MetaReweightedLoss  # keeps `import noisyseg.methods` light
-
         super().__init__(loss)
         self.meta_lr, self.clean_batch_size, self.clean_loss_weight = lr, clean_batch_size, clean_loss_weight
         self.meta_loss = MetaReweightedLoss(loss.per_pixel, lr or 0.0, backend, normalize, zero_policy, params=params,

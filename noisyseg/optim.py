@@ -1,15 +1,35 @@
-"""Optimisers and learning-rate schedules from config."""
+"""Optimisers (a registry, one ``conf/optim/<name>.yaml`` each) and learning-rate schedules from config."""
 from __future__ import annotations
 
 import math
-from typing import Iterable
+from typing import Callable, Iterable
 
 import torch
 
 from noisyseg.errors import ConfigError
+from noisyseg.registry import Registry
 
-OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD}
+OPTIMIZERS: Registry[Callable[..., torch.optim.Optimizer]] = Registry("optimizer")
 SCHEDULES = ("constant", "cosine")
+Params = Iterable[torch.nn.Parameter]
+
+
+@OPTIMIZERS.register("adam")
+def adam(params: Params, lr: float = 3e-3, weight_decay: float = 0.0) -> torch.optim.Optimizer:
+    """Adam (Kingma & Ba, 2015), L2 weight decay added to the gradient; the default optimiser."""
+    return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+
+
+@OPTIMIZERS.register("adamw")
+def adamw(params: Params, lr: float = 3e-3, weight_decay: float = 0.01) -> torch.optim.Optimizer:
+    """AdamW (Loshchilov & Hutter, 2019): Adam with decoupled weight decay."""
+    return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+
+
+@OPTIMIZERS.register("sgd")
+def sgd(params: Params, lr: float = 0.01, momentum: float = 0.9, weight_decay: float = 1e-4) -> torch.optim.Optimizer:
+    """SGD with (heavy-ball) momentum."""
+    return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
 
 
 def lr_factor(step: int, total: int, schedule: str, warmup_steps: int, min_lr_ratio: float) -> float:
@@ -22,18 +42,18 @@ def lr_factor(step: int, total: int, schedule: str, warmup_steps: int, min_lr_ra
     return min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
-def build_optimizer(params: Iterable[torch.nn.Parameter], total_steps: int, name: str = "adam", lr: float = 1e-3,
-                    weight_decay: float = 0.0, momentum: float = 0.9, schedule: str = "cosine",
-                    warmup_steps: int = 0, min_lr_ratio: float = 0.0):
-    """``(optimizer, per-step LambdaLR scheduler)``."""
-    if name not in OPTIMIZERS:
-        raise ConfigError(f"unknown optim.name {name!r}; valid choices: {', '.join(OPTIMIZERS)}")
+def build_optimizer(params: Params, total_steps: int, name: str = "adam", *, schedule: str, warmup_steps: int,
+                    min_lr_ratio: float, **options) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
+    """``(optimizer, per-step LambdaLR scheduler)``: ``OPTIMIZERS[name](params, **options)`` with the schedule.
+
+    The schedule options have no Python default: each ``conf/optim/<name>.yaml`` sets them (they differ
+    per optimiser), so the YAML file is their one home.
+    """
     if schedule not in SCHEDULES:
         raise ConfigError(f"unknown optim.schedule {schedule!r}; valid choices: {', '.join(SCHEDULES)}")
-    if lr <= 0:
-        raise ConfigError(f"optim.lr={lr} must be positive")
-    extra = {"momentum": momentum} if name == "sgd" else {}
-    optimizer = OPTIMIZERS[name](params, lr=lr, weight_decay=weight_decay, **extra)
+    if options.get("lr", 1.0) <= 0:
+        raise ConfigError(f"optim.lr={options['lr']} must be positive")
+    optimizer = OPTIMIZERS.build(name, params=params, **options)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: lr_factor(step, total_steps, schedule, warmup_steps, min_lr_ratio)
     )

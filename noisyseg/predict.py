@@ -40,14 +40,15 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from noisyseg.active.mc import NoDropoutError, dropout_modules, mc_predict, predict
-from noisyseg.active.scores import MIN_SAMPLES, pixel_uncertainty
-from noisyseg.checkpoint import load_checkpoint, write_atomic, write_image, write_json
+from noisyseg.atomic import write_atomic, write_image, write_json
+from noisyseg.checkpoint import load_checkpoint
 from noisyseg.data.cache import resize_image
 from noisyseg.data.dataset import to_tensor
 from noisyseg.data.io import IMAGE_SUFFIXES, image_size, read_image, read_mask
-from noisyseg.engine import resolve_device
+from noisyseg.device import resolve_device
 from noisyseg.errors import ConfigError, DataError, DataWarning, NoisysegError
+from noisyseg.inference.mc import NoDropoutError, dropout_modules, mc_predict, predict
+from noisyseg.inference.uncertainty import MIN_SAMPLES, pixel_uncertainty
 from noisyseg.metrics import METRIC_KEYS, per_image_scores
 from noisyseg.models import build_model
 from noisyseg.progress import progress_bar

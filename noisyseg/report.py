@@ -26,11 +26,13 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from noisyseg.checkpoint import load_checkpoint, write_atomic
+from noisyseg.atomic import write_atomic
+from noisyseg.checkpoint import load_checkpoint
 from noisyseg.data.cache import load_arrays
 from noisyseg.data.dataset import SegmentationDataset
 from noisyseg.data.sources import build_source
-from noisyseg.engine import predict_probs, resolve_device
+from noisyseg.device import resolve_device
+from noisyseg.engine import predict_probs
 from noisyseg.errors import NoisysegError
 from noisyseg.metrics import METRIC_KEYS, per_image_scores
 from noisyseg.models import build_model

@@ -7,7 +7,7 @@ import cv2
 import numpy as np
 import torch
 
-from noisyseg.checkpoint import write_csv
+from noisyseg.atomic import write_csv
 from noisyseg.data.dataset import MEAN, STD
 
 

@@ -28,8 +28,8 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError
 from omegaconf.nodes import BooleanNode, IntegerNode, StringNode
 
-from noisyseg.active.mc import MODES as MC_MODES
 from noisyseg.errors import ConfigError
+from noisyseg.inference.mc import MODES as MC_MODES
 from noisyseg.meta import FORWARD_MODE_BACKENDS, META_BACKENDS, NORMALIZE, ZERO_POLICIES
 from noisyseg.models.unet import DROPOUT_POSITIONS, NORMS
 from noisyseg.noise import NAMED_DICE

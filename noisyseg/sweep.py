@@ -1,4 +1,4 @@
-"""Summaries of sweeps: finished runs -> mean ± std per cell -> error-bar plots (CSV: ``checkpoint.write_csv``).
+"""Summaries of sweeps: finished runs -> mean ± std per cell -> error-bar plots (CSV: ``atomic.write_csv``).
 
 The experiment scripts (``experiments/*/aggregate.py``) say which runs form a cell and how a table
 reads; the grouping, the statistics and the plotting live here once.

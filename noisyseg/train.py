@@ -18,7 +18,8 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from noisyseg.checkpoint import load_checkpoint, prepare_run_dir, save_checkpoint, write_image, write_json
+from noisyseg.atomic import prepare_run_dir, write_image, write_json
+from noisyseg.checkpoint import load_checkpoint, save_checkpoint
 from noisyseg.data.cache import load_arrays
 from noisyseg.data.calibration import calibrate
 from noisyseg.data.dataset import SegmentationDataset
@@ -312,7 +313,7 @@ def train(cfg: DictConfig | dict, run_dir: str | Path | None = None) -> dict[str
     if cfg.trainer.compile:
         model = torch.compile(model)
     total_steps = cfg.trainer.epochs * cfg.trainer.steps_per_epoch
-    optimizer, scheduler = build_optimizer(model.parameters(), total_steps, **node_kwargs(cfg.optim))
+    optimizer, scheduler = build_optimizer(model.parameters(), total_steps, **node_kwargs(cfg.optim, drop=()))
     trainer = Trainer(model, method, streams, optimizer, scheduler, device, cfg.seed, cfg.trainer.batch_size,
                       cfg.trainer.steps_per_epoch, cfg.trainer.num_workers, cfg.trainer.grad_clip, cfg.trainer.progress,
                       cfg.trainer.amp, rank=rank, world=world)

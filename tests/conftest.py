@@ -1,6 +1,8 @@
 """Shared fixtures: tiny on-disk datasets in every supported layout, built per test."""
 from __future__ import annotations
 
+import multiprocessing.process
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -8,6 +10,27 @@ import pytest
 from PIL import Image
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+@pytest.fixture(autouse=True)
+def subprocesses_only_in_slow_tests(request, monkeypatch):
+    """A test that starts a subprocess (a CLI run, torchrun, ``mp.spawn``) must be marked ``slow``: the
+    default local ``pytest -q`` skips those, CI (``.ci/run``) runs them. DataLoader workers (fork) are fine."""
+    if request.node.get_closest_marker("slow"):
+        return
+
+    def refuse(*args, **kwargs):
+        raise AssertionError(f"{request.node.nodeid} starts a subprocess: mark it @pytest.mark.slow")
+
+    start = multiprocessing.process.BaseProcess.start
+
+    def start_unless_spawned(self):
+        if getattr(self, "_start_method", None) == "spawn":
+            refuse()
+        return start(self)
+
+    monkeypatch.setattr(subprocess.Popen, "__init__", refuse)
+    monkeypatch.setattr(multiprocessing.process.BaseProcess, "start", start_unless_spawned)
 
 
 def write_pair(image_path: Path, mask_path: Path, seed: int, size: tuple[int, int] = (40, 30)) -> np.ndarray:

@@ -232,6 +232,7 @@ def test_pseudo_policies():
         build_pseudo_policy("threshold", threshold=2.0)
 
 
+@pytest.mark.slow  # starts a subprocess
 def test_cli_runs_and_reports_errors(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     args = [sys.executable, "-m", "noisyseg.active", *TINY, *PSEUDO, "active.rounds=1", f"hydra.run.dir={tmp_path / 'run'}"]

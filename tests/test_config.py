@@ -1,17 +1,22 @@
 """Every config file composes and builds its plug-in; every registered plug-in has a config file."""
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
+from noisyseg.active.pseudo import PSEUDO_POLICIES
+from noisyseg.active.samplers import SAMPLERS
 from noisyseg.data.sources import DATASETS
 from noisyseg.losses import LOSSES, build_loss
 from noisyseg.methods import METHODS, build_method
 from noisyseg.models import MODELS, build_model
 from noisyseg.noise import NOISE_MODELS
+from noisyseg.optim import OPTIMIZERS, build_optimizer
 from noisyseg.train import CONFIG_DIR
 
 GROUPS = {"model": MODELS, "loss": LOSSES, "method": METHODS, "data": DATASETS}
@@ -21,9 +26,9 @@ def options(group: str) -> list[str]:
     return sorted(p.stem for p in (Path(CONFIG_DIR) / group).glob("*.yaml"))
 
 
-def compose_with(*overrides: str):
+def compose_with(*overrides: str, name: str = "train"):
     with initialize_config_dir(CONFIG_DIR, version_base="1.3"):
-        return compose("train", overrides=list(overrides))
+        return compose(name, overrides=list(overrides))
 
 
 @pytest.mark.parametrize("group", GROUPS)
@@ -42,7 +47,12 @@ def test_noise_configs_match_registry():
 def test_model_configs_build(name):
     cfg = compose_with(f"model={name}")
     kwargs = {k: v for k, v in OmegaConf.to_container(cfg.model).items() if k != "name"}
-    assert build_model(cfg.model.name, **kwargs) is not None
+    model = build_model(cfg.model.name, **kwargs)
+    assert isinstance(model, MODELS.get(cfg.model.name))
+    dropouts = [m.p for m in model.modules() if isinstance(m, torch.nn.modules.dropout._DropoutNd)]
+    assert dropouts == ([cfg.model.dropout] if cfg.model.dropout else [])
+    size = 2 ** cfg.model.depth
+    assert model.eval()(torch.zeros(2, cfg.model.in_channels, size, size)).shape == (2, 1, size, size)
 
 
 @pytest.mark.parametrize("loss", options("loss"))
@@ -68,3 +78,47 @@ def test_experiment_and_arm_configs_compose(name):
         assert cfg.label is None
     elif name.startswith("arm="):
         assert cfg.label == name[4:]
+
+
+# group -> (registry, root config, where the plug-in's options sit in the composed config). The noise
+# kinds are left out: their functions take no options with defaults (noise.* is read by MaskNoise).
+PLUGINS = {
+    "model": (MODELS, "train", "model"),
+    "loss": (LOSSES, "train", "loss"),
+    "method": (METHODS, "train", "method"),
+    "optim": (OPTIMIZERS, "train", "optim"),
+    "data": (DATASETS, "train", "data.params"),
+    "active/sampler": (SAMPLERS, "active_loop", "active.sampler"),
+    "active/pseudo": (PSEUDO_POLICIES, "active_loop", "active.pseudo"),
+}
+
+
+def python_defaults(plugin) -> dict:
+    return {k: p.default for k, p in inspect.signature(plugin).parameters.items() if p.default is not p.empty}
+
+
+@pytest.mark.parametrize("group, name", [(g, n) for g, (reg, _, _) in PLUGINS.items() for n in reg.names()])
+def test_python_defaults_agree_with_the_config_file(group, name):
+    """One default per option: where a plug-in's signature and ``conf/<group>/<name>.yaml`` both give a
+    value, they are equal (variant files such as model/unet_mc differ on purpose and are not compared)."""
+    registry, root, path = PLUGINS[group]
+    node = OmegaConf.to_container(OmegaConf.select(compose_with(f"{group}={name}", name=root), path), resolve=True)
+    defaults = python_defaults(registry.get(name))
+    shared = sorted(set(defaults) & set(node))
+    assert {k: node[k] for k in shared} == {k: defaults[k] for k in shared}
+    options = set(node) - {"name"}
+    if group == "optim":  # the schedule keys have no Python default: the YAML file is their only home
+        schedule = [k for k, p in inspect.signature(build_optimizer).parameters.items() if p.kind is p.KEYWORD_ONLY]
+        assert schedule and not set(schedule) & set(python_defaults(build_optimizer)) and set(schedule) <= options
+        options -= set(schedule)
+    assert options <= set(inspect.signature(registry.get(name)).parameters)  # the file names no other option
+
+
+def _camel(key: str) -> str:
+    return "".join(part.capitalize() for part in key.split("_"))
+
+
+@pytest.mark.parametrize("name", METHODS.names())
+def test_method_classes_are_named_after_their_config(name):
+    """method=noisy is NoisyPooled, method=noisy_only NoisyOnly, method=meta MetaReweighted, ..."""
+    assert METHODS.get(name).__name__.startswith(_camel(name))

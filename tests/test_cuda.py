@@ -12,10 +12,10 @@ from test_meta import LR, check_autocast_matches_forward_ad, tiny_unet, weights_
 from test_train import config
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from noisyseg import meta
 from noisyseg.active import mc_predict
 from noisyseg.losses import BCEDiceLoss
 from noisyseg.meta import META_BACKENDS, MetaReweightedLoss, pixel_weights
+from noisyseg.meta import backends as meta_backends
 from noisyseg.train import train
 
 if not torch.cuda.is_available():
@@ -67,7 +67,7 @@ def test_backends_agree_float64_on_cuda(mode):
 def test_fused_step_runs_on_its_rules_and_matches_forward_ad_float32(norm):
     """float32 batch norm on CUDA is cuDNN's kernel: its tangent rule, the recorded plan's replay and
     the fused step's gradient and BN statistics against the separate forward_ad step."""
-    meta._WARNED.clear()
+    meta_backends._WARNED.clear()
     model = unet(torch.float32, norm=norm)
     noisy, clean = batches(torch.float32)
     if norm == "batch" and torch.backends.cudnn.is_available():

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
+pytestmark = pytest.mark.slow  # every test here starts torchrun (two processes) or a training subprocess
 ROOT = Path(__file__).resolve().parents[1]
 # GroupNorm: batch-norm statistics would be per process (see noisyseg.distributed)
 COMMON = ["debug=fast", "data.params.count=80", "threads=1", "model.norm=group", "method=meta", "noise=morph"]

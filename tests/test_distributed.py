@@ -133,6 +133,7 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
+@pytest.mark.slow  # the ranks fixture spawns two processes
 @pytest.mark.parametrize("mode", ["batch", "image", "none"])
 def test_weights_match_single_process_float64(ranks, mode):
     noisy, clean = batches()
@@ -142,12 +143,14 @@ def test_weights_match_single_process_float64(ranks, mode):
     assert (got - ref).abs().max().item() <= 1e-10  # measured ~1e-19
 
 
+@pytest.mark.slow  # the ranks fixture spawns two processes
 def test_weights_match_single_process_float32(ranks):
     noisy, clean = batches(torch.float32)
     ref = pixel_weights(tiny_unet(torch.float32), BCELoss(), noisy, clean, LR)
     assert (gather(ranks, "w32") - ref).abs().max().item() <= 1e-5 * ref.max().item()
 
 
+@pytest.mark.slow  # the ranks fixture spawns two processes
 def test_local_opt_out_gives_per_rank_weights(ranks):
     noisy, clean = batches()
     for rank, out in enumerate(ranks):
@@ -156,6 +159,7 @@ def test_local_opt_out_gives_per_rank_weights(ranks):
         assert torch.allclose(out["local"], ref, rtol=0, atol=1e-15)
 
 
+@pytest.mark.slow  # the ranks fixture spawns two processes
 @pytest.mark.parametrize("case", ["ddp", "partial"])
 def test_ddp_gradient_matches_single_process(ranks, case):
     """DDP averages the world-size-scaled per-rank losses into the single-process gradient of Σ w ℓ.
@@ -173,6 +177,7 @@ def test_ddp_gradient_matches_single_process(ranks, case):
             assert torch.allclose(out[case]["grads"][name], g, rtol=1e-10, atol=1e-15), name
 
 
+@pytest.mark.slow  # the ranks fixture spawns two processes
 def test_zero_and_non_finite_decisions_are_global(ranks):
     noisy, clean = batches()
     assert all(out["flat_skip"]["status"] == "all_zero" and out["flat_skip"]["loss"] is None for out in ranks)

@@ -23,7 +23,8 @@ import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 
-from noisyseg.checkpoint import load_checkpoint, prepare_run_dir
+from noisyseg.atomic import prepare_run_dir
+from noisyseg.checkpoint import load_checkpoint
 from noisyseg.engine import Trainer, TrainingDiverged
 from noisyseg.errors import ConfigError, NoisysegError
 from noisyseg.methods import Method
@@ -180,6 +181,7 @@ def test_ctrl_c_from_the_cli_exits_with_status_130(tmp_path, monkeypatch, capsys
     assert "interrupted at epoch 0; no checkpoint was written yet; run again to start over" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # starts a subprocess
 def test_kill_9_resumes_from_the_last_checkpoint_to_the_same_result(tmp_path, monkeypatch):
     long_run = (*RUN, "trainer.steps_per_epoch=20")  # epochs long enough to kill the run inside one
     straight, run = tmp_path / "straight", tmp_path / "killed"

@@ -7,10 +7,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from noisyseg import meta
 from noisyseg.errors import ConfigError, NoisysegError
 from noisyseg.losses import BCEDiceLoss, BCELoss
 from noisyseg.meta import META_BACKENDS, MetaInputError, MetaReweightedLoss, pixel_weights
+from noisyseg.meta import backends as meta_backends
+from noisyseg.meta import problem as meta_problem
+from noisyseg.meta import reweight as meta_reweight
+from noisyseg.meta import weights as meta_weights
 from noisyseg.models import UNet
 
 BACKENDS = META_BACKENDS.names()
@@ -75,14 +78,14 @@ def test_finite_differences_of_clean_loss_along_eps():
     model, loss = tiny_unet(), BCELoss()
     noisy, clean = batches()
     torch.manual_seed(3)
-    grad, problem = meta._meta_gradient(model, loss, noisy, clean, LR, "jvp")
+    grad, problem = meta_reweight._meta_gradient(model, loss, noisy, clean, LR, "jvp")
     noisy_seed, clean_seed = problem.seeds
-    params = meta._trainable(model)
+    params = meta_problem._trainable(model)
 
     def clean_loss(theta):  # BN sees the same clean batch, dropout the same mask, as the meta step
-        return meta._loss_map(problem, theta, clean, clean_seed).mean()
+        return meta_problem._loss_map(problem, theta, clean, clean_seed).mean()
 
-    losses = meta._loss_map(problem, params, noisy, noisy_seed).flatten()  # same noisy batch for BN
+    losses = meta_problem._loss_map(problem, params, noisy, noisy_seed).flatten()  # same noisy batch for BN
     u = grad.u.flatten()
     pixels = torch.cat([u.abs().topk(3).indices, torch.tensor([0, 100, 700])])
     h = 1e-6  # ‖∇ℓ_i‖ is large for the top pixels: larger steps cross ReLU/max-pool kinks
@@ -113,8 +116,8 @@ def test_weights_nonnegative_and_normalised(backend):
 def test_normalise_zero_sums_stay_zero():
     w = torch.zeros(2, 1, 2, 2)
     w[0, 0, 0, 0], w[0, 0, 1, 1] = 1.0, 3.0
-    assert torch.equal(meta._normalize(torch.zeros_like(w), "batch"), torch.zeros_like(w))
-    image = meta._normalize(w, "image")
+    assert torch.equal(meta_weights._normalize(torch.zeros_like(w), "batch"), torch.zeros_like(w))
+    image = meta_weights._normalize(w, "image")
     assert image[0].sum().item() == pytest.approx(0.5) and image[0, 0, 1, 1].item() == pytest.approx(0.375)
     assert torch.equal(image[1], torch.zeros_like(w[1]))
 
@@ -181,8 +184,8 @@ def test_reweighted_loss_matches_manual_weights(backend):
     torch.manual_seed(5)
     w = pixel_weights(m2, BCELoss(), noisy, clean, LR, backend=backend)
     torch.manual_seed(5)
-    noisy_seed, _ = meta._draw_seeds()
-    with meta._seeded(noisy_seed, noisy[0].device):  # the dropout mask the weights belong to
+    noisy_seed, _ = meta_problem._draw_seeds()
+    with meta_problem._seeded(noisy_seed, noisy[0].device):  # the dropout mask the weights belong to
         (w * BCELoss().per_pixel(m2(noisy[0]), noisy[1])).sum().backward()
     assert torch.allclose(result.weights, w, rtol=0, atol=1e-15)
     for (n, p1), p2 in zip(m1.named_parameters(), m2.parameters()):
@@ -294,8 +297,8 @@ def test_virtual_step_on_some_parameters_trains_every_parameter():
     result = MetaReweightedLoss(BCELoss(), LR, backend="jvp_ad_fused", params=["head"])(m1, noisy, clean)
     result.loss.backward()
     torch.manual_seed(5)
-    noisy_seed, _ = meta._draw_seeds()
-    with meta._seeded(noisy_seed, noisy[0].device):
+    noisy_seed, _ = meta_problem._draw_seeds()
+    with meta_problem._seeded(noisy_seed, noisy[0].device):
         (result.weights * BCELoss().per_pixel(m2(noisy[0]), noisy[1])).sum().backward()
     for (n, p1), p2 in zip(m1.named_parameters(), m2.parameters()):
         assert torch.allclose(p1.grad, p2.grad, rtol=1e-10, atol=1e-14), n
@@ -346,7 +349,7 @@ def test_jvp_runs_our_unet_on_its_tangent_rules(norm, position):
     """The default backend needs no torch.forward_ad fallback for noisyseg's U-Net and losses, in train
     and eval mode and under bf16 autocast (a fallback would warn), and the fused step's gradient is
     that of the separate weighted forward."""
-    meta._WARNED.clear()  # a fallback warns once per process: make it visible in every case
+    meta_backends._WARNED.clear()  # a fallback warns once per process: make it visible in every case
     torch.manual_seed(0)
     model = UNet(depth=2, base_width=4, norm=norm, dropout=0.3, dropout_position=position).double()
     noisy, clean = batches()
@@ -375,7 +378,7 @@ def test_jvp_falls_back_to_forward_ad_for_an_op_without_a_rule():
     model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), Sine(), nn.Conv2d(4, 1, 1)).double()
     noisy, clean = batches()
     ref, _ = weights_and_rng("autograd", model, BCELoss(), noisy, clean)
-    meta._WARNED.clear()
+    meta_backends._WARNED.clear()
     with pytest.warns(RuntimeWarning, match="no tangent rule for aten.sin"):
         w, _ = weights_and_rng("jvp", model, BCELoss(), noisy, clean)
     assert (w - ref).abs().max() <= 1e-10

@@ -122,6 +122,7 @@ def test_bad_inputs_exit_2_naming_the_path(tmp_path, data, capsys):
     assert "blocker" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # starts a subprocess
 def test_cli_subprocess(tmp_path, data):
     run = fake_run(tmp_path / "run")
     env = {**os.environ, "PYTHONPATH": str(ROOT)}

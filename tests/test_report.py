@@ -112,6 +112,7 @@ def test_not_a_run_folder(tmp_path, capsys):
     assert "error:" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # starts a subprocess
 def test_cli_exit_code(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = subprocess.run([sys.executable, "-m", "noisyseg.report", str(tmp_path)], env=env, capture_output=True,

@@ -6,7 +6,8 @@ import torch.autograd.forward_ad as fwAD
 import torch.nn.functional as F
 from torch import nn
 
-from noisyseg.tangents import _PLANS, RULES, TangentUnsupported, _TangentMode, forward_with_tangent, has_plan
+from noisyseg.tangents import RULES, TangentUnsupported, forward_with_tangent, has_plan
+from noisyseg.tangents.mode import _PLANS, _TangentMode
 
 D = torch.float64
 

@@ -32,6 +32,7 @@ def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.slow  # starts a subprocess
 @pytest.mark.parametrize("method, extra", [("clean", "loss=dice"), ("meta", "noise=morph")])
 def test_cli_run_writes_results(tmp_path, method, extra):
     out = tmp_path / "run"
@@ -52,6 +53,7 @@ def test_cli_run_writes_results(tmp_path, method, extra):
     ("data.split.clean=1000", "data.split.clean=1000 asks for"),
     ("data=folder", "full_key: data.params.root"),
 ])
+@pytest.mark.slow  # starts a subprocess
 def test_cli_bad_input_fails_cleanly(tmp_path, override, message):
     out = tmp_path / "run"
     proc = run_cli("debug=fast", override, f"hydra.run.dir={out}", cwd=tmp_path)

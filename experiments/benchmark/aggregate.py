@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from noisyseg.checkpoint import write_csv
+from noisyseg.atomic import write_csv
 from noisyseg.sweep import ordered, read_sweep
 
 ORDER = ["clean", "pooled", "balanced", "meta", "meta_clean", "oracle"]

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from noisyseg.checkpoint import write_csv
+from noisyseg.atomic import write_csv
 from noisyseg.sweep import errorbar_plot, load_results, ordered, read_sweep, summarise
 
 METRICS = ("dice", "jaccard")

@@ -1,16 +1,18 @@
-"""Active learning (CEAL, Górriz et al. 2017): MC dropout, uncertainty scores, samplers, pseudo-label
-policies; the loop is :mod:`noisyseg.active.loop` (``python -m noisyseg.active``).
+"""Active learning (CEAL, Górriz et al. 2017): samplers and pseudo-label policies; the loop is
+:mod:`noisyseg.active.loop` (``python -m noisyseg.active``).
 
-MC predictions are probabilities ``[T, B, H, W]``, samples first (see :mod:`noisyseg.active.mc`).
+MC dropout and the uncertainty scores live in :mod:`noisyseg.inference` (``noisyseg.predict`` uses them
+too) and are re-exported here, so ``from noisyseg.active import mc_predict`` keeps working. MC
+predictions are probabilities ``[T, B, H, W]``, samples first (see :mod:`noisyseg.inference.mc`).
 """
-from noisyseg.active.mc import MODES, NoDropoutError, dropout_modules, mc_dropout, mc_predict, predict
 from noisyseg.active.pseudo import PSEUDO_POLICIES, PseudoPolicy, build_pseudo_policy
 from noisyseg.active.samplers import (
     SAMPLERS, BaldSampler, CEALSampler, EntropySampler, RandomSampler, Sampler, UncertaintySampler,
     VarianceSampler, build_sampler, most_confident, score_pool,
 )
-from noisyseg.active.scores import (
-    REDUCTIONS, SCORES, bald, distance_weights, entropy, image_scores, pixel_uncertainty, predicted_mask, variance,
+from noisyseg.inference import (
+    MODES, REDUCTIONS, SCORES, NoDropoutError, bald, distance_weights, dropout_modules, entropy, image_scores,
+    mc_dropout, mc_predict, pixel_uncertainty, predict, predicted_mask, variance,
 )
 
 __all__ = [

@@ -32,12 +32,11 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from noisyseg.active.mc import dropout_modules, mc_predict, predict
 from noisyseg.active.oracle import OracleLog, SimulatedOracle
 from noisyseg.active.pseudo import PseudoPolicy, build_pseudo_policy
 from noisyseg.active.samplers import Sampler, UncertaintySampler, build_sampler, score_pool
-from noisyseg.active.scores import pixel_uncertainty
-from noisyseg.checkpoint import load_checkpoint, prepare_run_dir, save_checkpoint, write_csv, write_image, write_json
+from noisyseg.atomic import prepare_run_dir, write_csv, write_image, write_json
+from noisyseg.checkpoint import load_checkpoint, save_checkpoint
 from noisyseg.data.cache import load_arrays
 from noisyseg.data.dataset import SegmentationDataset, to_tensor
 from noisyseg.data.sources import build_source
@@ -45,6 +44,8 @@ from noisyseg.data.splits import make_splits, save_manifest
 from noisyseg.distributed import barrier, data_parallel, gather, is_main, main_first, setup
 from noisyseg.engine import Trainer, epoch_seed, evaluate
 from noisyseg.errors import ConfigError, DataError
+from noisyseg.inference.mc import dropout_modules, mc_predict, predict
+from noisyseg.inference.uncertainty import pixel_uncertainty
 from noisyseg.losses import build_loss
 from noisyseg.methods import CleanOnly, Method, build_method
 from noisyseg.metrics import score
@@ -161,7 +162,7 @@ class ActiveLoop:
         self.net = build_model(self.cfg.model.name, **node_kwargs(self.cfg.model)).to(self.device)
         self.model = data_parallel(self.net, self.device, self.world)  # trains; self.net evaluates
         self.optimizer, self.scheduler = build_optimizer(
-            self.net.parameters(), self.schedule_epochs * self.cfg.trainer.steps_per_epoch, **node_kwargs(self.cfg.optim))
+            self.net.parameters(), self.schedule_epochs * self.cfg.trainer.steps_per_epoch, **node_kwargs(self.cfg.optim, drop=()))
 
     def _streams_and_method(self, pseudo_masks: np.ndarray) -> tuple[Method, dict]:
         labeled = sorted(self.labeled, key=self.pool.index.get)

@@ -13,7 +13,7 @@ from typing import Sequence
 
 import numpy as np
 
-from noisyseg.checkpoint import write_json
+from noisyseg.atomic import write_json
 from noisyseg.errors import NoisysegError
 
 

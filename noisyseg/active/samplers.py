@@ -1,7 +1,7 @@
 """Active-learning samplers (``active.sampler=``), after baal's heuristics contract.
 
 A sampler implements one method, ``score(probs, prediction=None) -> np.ndarray [B]``: an image score
-from MC probabilities ``[T, B, H, W]`` (samples first, :mod:`noisyseg.active.mc`); higher means more
+from MC probabilities ``[T, B, H, W]`` (samples first, :mod:`noisyseg.inference.mc`); higher means more
 informative. The base class does the rest:
 
 * :meth:`Sampler.rank` — positions, most informative first; NaN scores last (with a warning); ties
@@ -22,9 +22,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from noisyseg.active.mc import dropout_modules, mc_predict, predict
-from noisyseg.active.scores import MIN_SAMPLES, REDUCTIONS, image_scores, pixel_uncertainty
 from noisyseg.errors import ConfigError
+from noisyseg.inference.mc import dropout_modules, mc_predict, predict
+from noisyseg.inference.uncertainty import MIN_SAMPLES, REDUCTIONS, image_scores, pixel_uncertainty
 from noisyseg.registry import Registry
 
 SAMPLERS: Registry[type[Sampler]] = Registry("sampler")
@@ -109,7 +109,7 @@ class RandomSampler(Sampler):
 
 
 class UncertaintySampler(Sampler):
-    """The ``n`` most uncertain images by one score of :mod:`noisyseg.active.scores`.
+    """The ``n`` most uncertain images by one score of :mod:`noisyseg.inference.uncertainty`.
 
     Args:
         reduction: pixel map -> image score: ``mean``, ``sum`` or ``max``.

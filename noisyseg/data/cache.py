@@ -14,7 +14,7 @@ from typing import Protocol
 import cv2
 import numpy as np
 
-from noisyseg.checkpoint import write_atomic
+from noisyseg.atomic import write_atomic
 from noisyseg.data.sources import Source
 from noisyseg.progress import progress_bar
 

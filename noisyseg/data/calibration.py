@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from noisyseg.checkpoint import write_json
+from noisyseg.atomic import write_json
 from noisyseg.data.cache import resize_mask
 from noisyseg.data.sources import Source
 from noisyseg.errors import ConfigError

@@ -127,7 +127,7 @@ def _suffix_pattern(suffix: str, extensions: tuple[str, ...]) -> re.Pattern:
 
 
 @DATASETS.register("synthetic")
-def synthetic(count: int = 600, size: int = 96, seed: int = 0) -> Source:
+def synthetic(count: int = 600, size: int = 64, seed: int = 0) -> Source:
     """The embedded procedural dermoscopy-like dataset (see :mod:`noisyseg.data.synthetic`)."""
     ids = [f"syn_{i:05d}" for i in range(count)]
     return Source(

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from noisyseg.checkpoint import write_atomic
+from noisyseg.atomic import write_atomic
 from noisyseg.errors import DataError
 
 SPLITS = ("clean", "noisy", "val", "test", "pool")

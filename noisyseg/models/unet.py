@@ -64,8 +64,8 @@ class UNet(nn.Module):
     def __init__(
         self,
         in_channels: int = 3,
-        depth: int = 4,
-        base_width: int = 32,
+        depth: int = 3,
+        base_width: int = 16,
         norm: str = "batch",
         dropout: float = 0.0,
         dropout_position: str = "bottleneck",
