@@ -13,7 +13,8 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 from noisyseg.errors import ConfigError
-from noisyseg.noise import NOISE_MODELS, MaskNoise, corrupt, main, realised_dice
+from noisyseg.noise import NOISE_MODELS, MaskNoise, corrupt, realised_dice
+from noisyseg.noise.preview import main
 
 KINDS = NOISE_MODELS.names()
 LEVELS = (0.0, 0.25, 0.5, 1.0)
@@ -234,7 +235,7 @@ def test_preview_writes_one_png(tmp_path):
 
 # --- the paper's annotator (coarse) and missing annotations -------------------------------------------
 def test_coarse_polygons_have_three_to_seven_vertices():
-    from noisyseg.noise import _polygon
+    from noisyseg.noise.models import _polygon
 
     contour = np.stack(np.nonzero(varied_masks()[0]), axis=1)[:, ::-1]  # any long point list
     counts = {level: len(_polygon(contour, level, 30.0, np.random.default_rng(0))) for level in (0.001, 0.5, 1.0)}

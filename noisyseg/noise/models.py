@@ -1,7 +1,7 @@
 """Annotation-noise models: corrupt a binary lesion mask the way a hurried annotator would.
 
 Each model is a function ``(mask, level, rng) -> mask`` registered in :data:`NOISE_MODELS`; call it
-through :func:`corrupt`, or through :class:`MaskNoise`, which decides per sample ID whether and how a
+through :func:`corrupt`, or through :class:`noisyseg.noise.MaskNoise`, which decides per sample ID whether and how a
 noisy-set mask is corrupted. Masks are corrupted at their native resolution, so every magnitude is
 relative to the lesion's equivalent diameter ``d = 2 * sqrt(area / pi)`` (in pixels), never absolute.
 
@@ -38,16 +38,13 @@ beyond it (erosion does not eat in from the frame, warps replicate the border).
 """
 from __future__ import annotations
 
-import argparse
-import hashlib
 import math
-from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable
 
 import cv2
 import numpy as np
 
-from noisyseg.errors import ConfigError, DataError, NoisysegError
+from noisyseg.errors import ConfigError
 from noisyseg.registry import Registry
 
 NoiseModel = Callable[[np.ndarray, float, np.random.Generator], np.ndarray]
@@ -63,29 +60,6 @@ COARSE_SHAPES = (0.5, 0.25, 0.25)  # polygon, box, ellipse
 COARSE_TIGHTEN = 0.5  # the outline moves by U(-COARSE_TIGHTEN, 1) * COARSE_MARGIN * level * d
 FLIP_AREA, FLIP_SPREAD, FLIP_BLOBS = 1.2, 0.1, (3, 6)
 MIX_KINDS = ("morph", "affine", "elastic", "coarse", "flip")  # fixed, so plug-ins added later do not change mix
-
-
-# Noise levels named by the mean Dice(noisy, true) they give, after how far human annotators disagree
-# on ISIC images (IMA++ multi-annotator subset, pairwise: Dice median 0.86, mean 0.78).
-NAMED_DICE = {"realistic": 0.86, "annotator_mean": 0.78, "severe": 0.65}
-
-
-def target_dice(value: float | str) -> float:
-    """A ``noise.target_dice`` as a number: a name of :data:`NAMED_DICE` or a Dice in (0, 1).
-
-    Raises:
-        ConfigError: For an unknown name or a number outside (0, 1).
-    """
-    if isinstance(value, str) and value in NAMED_DICE:
-        return NAMED_DICE[value]
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        raise ConfigError(f"noise.target_dice={value!r} must be one of {', '.join(NAMED_DICE)} "
-                          "or a Dice in (0, 1)") from None
-    if not 0.0 < number < 1.0:
-        raise ConfigError(f"noise.target_dice={value!r} must be in (0, 1)")
-    return number
 
 
 def check_unit(name: str, value: float) -> float:
@@ -308,178 +282,3 @@ def flip(mask: np.ndarray, level: float, rng: np.random.Generator) -> np.ndarray
 def mix(mask: np.ndarray, level: float, rng: np.random.Generator) -> np.ndarray:
     """One of the other kinds, drawn uniformly per image, at the same level."""
     return NOISE_MODELS.get(MIX_KINDS[rng.integers(len(MIX_KINDS))])(mask, level, rng)
-
-
-class MaskNoise:
-    """The noise configuration of a noisy training set: which masks are corrupted, and how.
-
-    A sample is corrupted when a uniform number drawn from a SHA-256 hash of (seed, sample_id) is
-    below ``fraction``, so the corrupted sets for growing fractions are nested, and the decision does
-    not depend on the order of the IDs or on the Python process. The same hash gives the sample's
-    noise seed, which is shared by every kind and level (a level sweep moves the same outlines).
-    Independently of that, a sample's annotation is *missing* (its mask empty, a forgotten
-    annotation) when a second hash draw is below ``missing``; those sets are nested too.
-
-    Args:
-        kind: Registered noise kind.
-        level: Noise strength in [0, 1].
-        fraction: Share of noisy-set images that are corrupted (alpha), in [0, 1].
-        seed: Non-negative integer; changes which samples are corrupted and how.
-        missing: Share of noisy-set images whose mask is empty, in [0, 1].
-
-    Raises:
-        ConfigError: For an unknown kind or an option out of range, naming the option.
-    """
-
-    def __init__(self, kind: str, level: float, fraction: float = 1.0, seed: int = 0, missing: float = 0.0) -> None:
-        NOISE_MODELS.get(kind)
-        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-            raise ConfigError(f"noise.seed={seed!r} must be a non-negative integer")
-        self.kind, self.seed = kind, int(seed)
-        self.level = check_unit("noise.level", level)
-        self.fraction = check_unit("noise.fraction", fraction)
-        self.missing = check_unit("noise.missing", missing)
-        missing_key = f",missing={self.missing}" if self.missing else ""  # keeps older keys unchanged
-        self.key = f"{kind}(level={self.level},fraction={self.fraction},seed={self.seed}{missing_key},v={NOISE_VERSION})"
-
-    def _draw(self, sample_id: str, salt: str = "") -> tuple[float, int]:
-        digest = hashlib.sha256(f"{self.seed}/{salt}{sample_id}".encode()).digest()
-        # 53 bits give a float in [0, 1) exactly: 64 could round up to 1.0 and escape fraction=1.
-        return (int.from_bytes(digest[:8], "big") >> 11) / 2.0**53, int.from_bytes(digest[8:16], "big")
-
-    def is_corrupted(self, sample_id: str) -> bool:
-        """Whether ``__call__`` corrupts this sample's mask (level 0 leaves it unchanged anyway)."""
-        return self._draw(sample_id)[0] < self.fraction
-
-    def is_missing(self, sample_id: str) -> bool:
-        """Whether ``__call__`` returns an empty mask for this sample (a forgotten annotation)."""
-        return self._draw(sample_id, "missing/")[0] < self.missing
-
-    def at_level(self, level: float) -> MaskNoise:
-        """The same configuration at another level (same samples, same seeds)."""
-        return MaskNoise(self.kind, level, self.fraction, self.seed, self.missing)
-
-    def __call__(self, sample_id: str, mask: np.ndarray) -> np.ndarray:
-        """The sample's training mask: uint8 {0, 1}, corrupted, empty, or a normalised copy."""
-        if self.is_missing(sample_id):
-            return np.zeros_like(as_binary(mask))
-        draw, sample_seed = self._draw(sample_id)
-        if draw >= self.fraction:
-            return as_binary(mask)
-        return corrupt(mask, self.kind, self.level, sample_seed)
-
-    def __repr__(self) -> str:
-        return f"MaskNoise({self.key})"
-
-
-def realised_dice(noisy: np.ndarray, clean: np.ndarray) -> float:
-    """Mean per-image Dice(noisy, clean) over a stack ``[N, H, W]`` (or one ``[H, W]`` mask).
-
-    An image where both masks are empty scores 1.0. Non-zero values are foreground.
-
-    Raises:
-        ValueError: If the shapes differ or the stack is empty.
-    """
-    noisy, clean = np.asarray(noisy), np.asarray(clean)
-    if noisy.shape != clean.shape or noisy.ndim not in (2, 3) or noisy.size == 0:
-        raise ValueError(f"expected two non-empty [N, H, W] stacks of one shape, got {noisy.shape} and {clean.shape}")
-    noisy = noisy.reshape(-1, noisy.shape[-2] * noisy.shape[-1]) > 0  # [N, P]
-    clean = clean.reshape(noisy.shape) > 0
-    overlap = np.count_nonzero(noisy & clean, axis=1)
-    total = np.count_nonzero(noisy, axis=1) + np.count_nonzero(clean, axis=1)
-    dice = np.where(total > 0, 2.0 * overlap / np.maximum(total, 1), 1.0)
-    return float(dice.mean())
-
-
-def _load_lesions(root: str | None, count: int, seed: int) -> list[tuple[str, np.ndarray, np.ndarray]]:
-    """``(name, image, mask)`` for a few lesions: synthetic, or spread over a PH2-like folder."""
-    from noisyseg.data.sources import folder, ph2  # lazy: only the preview reads files
-    from noisyseg.data.synthetic import make_lesion
-
-    if root is None:
-        return [(f"synthetic #{i}", *make_lesion(seed, i, 256)) for i in range(count)]
-    try:
-        source = ph2(root)
-    except DataError:  # not PH2-named: any images/ + masks/ folder
-        source = folder(root)
-    picks = np.linspace(0, len(source.ids) - 1, min(count, len(source.ids))).astype(int)
-    return [(source.ids[i], *source.load(source.ids[i])) for i in picks]
-
-
-def _tile(image: np.ndarray, clean: np.ndarray, noisy: np.ndarray | None, width: int = 192) -> np.ndarray:
-    """The image, shrunk to ``width``, with the clean (green) and noisy (red) contours."""
-    scale = width / image.shape[1]
-    size = (width, max(round(image.shape[0] * scale), 1))
-    tile = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
-    for mask, colour in ((clean, (0, 255, 0)), (noisy, (255, 0, 0))):
-        if mask is not None:  # contours from the native mask, drawn at the tile's scale
-            contours, _ = cv2.findContours(mask, cv2.RETR_LIST, cv2.CHAIN_APPROX_NONE)
-            scaled = [np.round((c + 0.5) * scale - 0.5).astype(np.int32) for c in contours]
-            cv2.drawContours(tile, scaled, -1, colour, 2)
-    return tile
-
-
-def preview(out: str | Path, levels: Sequence[float] = (0.25, 0.5, 1.0), count: int = 3,
-            root: str | None = None, seed: int = 0) -> Path:
-    """Write one PNG: rows are lesions, columns each noise kind at each level (clean green, noisy red).
-
-    Args:
-        out: PNG path to write.
-        levels: Noise levels shown for every kind.
-        count: Number of lesions (rows).
-        root: A PH2-like folder (``images/`` + ``masks/``); the synthetic generator when None.
-        seed: Synthetic dataset seed, also the base noise seed of each row.
-
-    Returns:
-        The written path.
-    """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    levels = [check_unit("noise.level", level) for level in levels]
-    if count < 1:
-        raise ConfigError(f"preview count={count} must be at least 1")
-    lesions = _load_lesions(root, count, seed)
-    columns = [(kind, level) for kind in NOISE_MODELS.names() for level in levels]
-    fig, axes = plt.subplots(len(lesions), len(columns) + 1, squeeze=False,
-                             figsize=(1.6 * (len(columns) + 1), 1.6 * len(lesions) + 0.4))
-    for row, (name, image, mask) in enumerate(lesions):
-        axes[row, 0].imshow(_tile(image, mask, None))
-        axes[row, 0].set_ylabel(name, fontsize=8)
-        for col, (kind, level) in enumerate(columns, start=1):
-            noisy = corrupt(mask, kind, level, seed + row)
-            axes[row, col].imshow(_tile(image, mask, noisy))
-            axes[row, col].set_xlabel(f"Dice {realised_dice(noisy, mask):.2f}", fontsize=8, labelpad=1)
-    for col, title in enumerate(["clean"] + [f"{kind} {level:g}" for kind, level in columns]):
-        axes[0, col].set_title(title, fontsize=9)
-    for ax in axes.flat:
-        ax.set_xticks([]), ax.set_yticks([])
-    fig.suptitle("Annotation noise: clean contour green, noisy contour red", fontsize=10)
-    fig.tight_layout()
-    out = Path(out)
-    fig.savefig(out, dpi=80)
-    plt.close(fig)
-    return out
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-    """``python -m noisyseg.noise preview --out noise_preview.png [--levels ...] [--count N] [--root PATH]``."""
-    parser = argparse.ArgumentParser(prog="python -m noisyseg.noise", description=__doc__.splitlines()[0])
-    commands = parser.add_subparsers(dest="command", required=True)
-    cmd = commands.add_parser("preview", help="write one PNG showing every noise kind at several levels")
-    cmd.add_argument("--out", default="noise_preview.png", help="PNG to write")
-    cmd.add_argument("--levels", type=float, nargs="+", default=[0.25, 0.5, 1.0])
-    cmd.add_argument("--count", type=int, default=3, help="number of lesions (rows)")
-    cmd.add_argument("--root", default=None, help="PH2-like folder with images/ and masks/ (default: synthetic)")
-    cmd.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args(argv)
-    try:
-        print(preview(args.out, args.levels, args.count, args.root, args.seed))
-    except NoisysegError as err:  # bad input: a one-line message, not a traceback
-        parser.exit(2, f"error: {err}\n")
-
-
-if __name__ == "__main__":
-    main()

@@ -1,0 +1,3 @@
+from noisyseg.noise.preview import main
+
+main()
