@@ -1,0 +1,95 @@
+"""The rivals of meta reweighting (noisyseg/rivals): each mechanism on tiny tensors, a CLI smoke run of
+each, and resume equality for their state (teacher, second network, correction schedule)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from noisyseg.errors import ConfigError
+from noisyseg.losses import BCELoss
+from noisyseg.models import build_model
+from noisyseg.rivals.adele import ADELE, correct_labels, iou_curve, memorisation_started
+from noisyseg.rivals.streams import TwoStreamMethod
+
+
+class SpyLoss(BCELoss):
+    """BCE that remembers the targets and weights it was called with."""
+
+    def __call__(self, logits, target, weight=None):
+        self.target, self.weight = target.detach().clone(), None if weight is None else weight.detach().clone()
+        return super().__call__(logits, target, weight)
+
+
+def tiny_model(seed: int = 0) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    return build_model("unet", in_channels=3, depth=2, base_width=4, norm="batch", dropout=0.0,
+                       dropout_position="bottleneck")
+
+
+def batches(seed: int = 0, noisy: int = 3, clean: int = 2, size: int = 16) -> dict:
+    g = torch.Generator().manual_seed(seed)
+
+    def batch(n):
+        true = (torch.rand(n, 1, size, size, generator=g) > 0.5).float()
+        mask = torch.where(torch.rand(n, 1, size, size, generator=g) < 0.2, 1 - true, true)
+        return {"image": torch.randn(n, 3, size, size, generator=g), "mask": mask, "true_mask": true}
+
+    out = {"noisy": batch(noisy), "clean": batch(clean)}
+    out["clean"]["mask"] = out["clean"]["true_mask"].clone()
+    return out
+
+
+# -- the two-stream contract ---------------------------------------------------------------------
+def test_batches_mix_expert_images_at_the_configured_or_pooled_share():
+    assert TwoStreamMethod(BCELoss(), 0.5).batch_sizes(16) == {"noisy": 8, "clean": 8}
+    pooled = TwoStreamMethod(BCELoss(), None)
+    with pytest.raises(ConfigError, match="pooled share"):
+        pooled.batch_sizes(16)
+    pooled.set_stream_sizes({"noisy": 90, "clean": 10})
+    assert pooled.batch_sizes(16) == {"noisy": 14, "clean": 2}
+    pooled.set_stream_sizes({"noisy": 1000, "clean": 1})
+    assert pooled.batch_sizes(16) == {"noisy": 15, "clean": 1}  # never a stream without an image
+    with pytest.raises(ConfigError):
+        TwoStreamMethod(BCELoss(), 1.0)
+
+
+# -- ADELE ---------------------------------------------------------------------------------------
+def test_correction_flips_only_confident_pixels_of_the_corrected_classes():
+    probs = torch.rand(4, 1, 8, 8, generator=torch.Generator().manual_seed(1))
+    labels = (torch.rand(4, 1, 8, 8, generator=torch.Generator().manual_seed(2)) > 0.5).float()
+    fg_only = correct_labels(probs, labels, 0.7, (False, True))
+    assert torch.all(fg_only[fg_only != labels] == 1) and torch.all(probs[fg_only != labels] > 0.7)
+    assert torch.equal(fg_only[probs > 0.7], torch.ones_like(probs[probs > 0.7]))
+    both = correct_labels(probs, labels, 0.7, (True, True))
+    changed = both != labels
+    assert torch.all((probs[changed] > 0.7) | (probs[changed] < 0.3))
+    assert torch.equal(both[(probs >= 0.3) & (probs <= 0.7)], labels[(probs >= 0.3) & (probs <= 0.7)])
+    assert torch.equal(correct_labels(probs, labels, 0.7, (False, False)), labels)
+
+
+def test_memorisation_onset_is_found_on_a_saturating_iou_curve_only():
+    x = np.arange(1, 11, dtype=float)
+    saturating = list(iou_curve(x, 0.8, 0.9, 1.0))
+    assert memorisation_started(saturating, r=0.9)
+    assert not memorisation_started(saturating[:3], r=0.9)  # still steep after three epochs
+    assert not memorisation_started(list(0.05 * x[:6]), r=0.9)  # a straight line never flattens
+    assert not memorisation_started(saturating[:2], r=0.9, min_epochs=3)
+
+
+def test_adele_records_iou_per_epoch_and_never_corrects_expert_images():
+    spy = SpyLoss()
+    method = ADELE(spy, 0.5, tau=0.7, steps_per_epoch=2, scales=[0.5, 1.0])
+    model, data = tiny_model(), batches()
+    method.step(model, data, 0.01)
+    assert method.history == [[], []]
+    method.step(model, data, 0.01)
+    assert [len(h) for h in method.history] == [1, 1] and all(0 <= v <= 1 for h in method.history for v in h)
+    method.start_epoch = [0, 0]  # correcting both classes
+    with torch.no_grad():
+        model.head.bias.fill_(3.0)  # confident foreground nearly everywhere
+    out = method.step(model, data, 0.01)
+    n = len(data["noisy"]["image"])
+    assert torch.equal(spy.target[n:], data["clean"]["mask"])  # expert masks as given
+    assert not torch.equal(spy.target[:n], data["noisy"]["mask"]) and out.logs["adele_changed_fraction"] > 0
+    assert out.logs["adele_correcting_foreground"] == 1.0
