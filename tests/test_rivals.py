@@ -10,6 +10,7 @@ from noisyseg.errors import ConfigError
 from noisyseg.losses import BCELoss
 from noisyseg.models import build_model
 from noisyseg.rivals.adele import ADELE, correct_labels, iou_curve, memorisation_started
+from noisyseg.rivals.mtcl import MeanTeacherCL, confident_errors
 from noisyseg.rivals.streams import TwoStreamMethod
 
 
@@ -93,3 +94,48 @@ def test_adele_records_iou_per_epoch_and_never_corrects_expert_images():
     assert torch.equal(spy.target[n:], data["clean"]["mask"])  # expert masks as given
     assert not torch.equal(spy.target[:n], data["noisy"]["mask"]) and out.logs["adele_changed_fraction"] > 0
     assert out.logs["adele_correcting_foreground"] == 1.0
+
+
+# -- MTCL ----------------------------------------------------------------------------------------
+def test_confident_learning_flags_labels_the_teacher_confidently_contradicts():
+    labels = torch.zeros(1, 1, 4, 4)
+    labels[..., :2, :] = 1  # top half foreground
+    probs = torch.full_like(labels, 0.1)
+    probs[..., :2, :] = 0.9
+    probs[0, 0, 3, 3] = 0.95  # labelled background, confidently foreground: flagged
+    probs[0, 0, 0, 0] = 0.05  # labelled foreground, confidently background: flagged
+    probs[0, 0, 3, 0] = 0.4   # labelled background, unsure: kept
+    flagged = confident_errors(probs, labels)
+    assert flagged[0, 0, 3, 3] and flagged[0, 0, 0, 0] and flagged.sum() == 2
+
+
+def test_teacher_is_the_ema_of_the_student():
+    method = MeanTeacherCL(BCELoss(), 0.5, ema_decay=0.6)
+    model, data = tiny_model(), batches()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    reference = None
+    for k in range(4):
+        student = [p.detach().clone() for p in model.parameters()]
+        alpha = min(1 - 1 / (k + 1), 0.6)
+        reference = student if reference is None else [alpha * t + (1 - alpha) * s for t, s in zip(reference, student)]
+        optimizer.zero_grad()
+        method.step(model, data, 0.1).loss.backward()
+        optimizer.step()
+        assert all(torch.allclose(t, r, atol=1e-6) for t, r in zip(method.teacher.parameters(), reference))
+    assert not any(p.requires_grad for p in method.teacher.parameters())
+
+
+@pytest.mark.parametrize("mode", ["flip", "weight"])
+def test_mtcl_corrects_or_downweights_noisy_pixels_only(mode):
+    spy = SpyLoss()
+    method = MeanTeacherCL(spy, 0.5, mode=mode, flagged_weight=0.0)
+    model, data = tiny_model(), batches()
+    out = method.step(model, data, 0.01)
+    n = len(data["noisy"]["image"])
+    assert torch.equal(spy.target[n:], data["clean"]["mask"])
+    assert out.logs["mtcl_flagged_fraction"] > 0
+    if mode == "flip":
+        assert not torch.equal(spy.target[:n], data["noisy"]["mask"])
+    else:
+        assert torch.equal(spy.target, torch.cat([data["noisy"]["mask"], data["clean"]["mask"]]))
+        assert (spy.weight[:n] == 0).any() and (spy.weight[n:] == spy.weight[n:].flatten()[0]).all()
