@@ -2,14 +2,17 @@
 each, and resume equality for their state (teacher, second network, correction schedule)."""
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 import torch
 
 from noisyseg.errors import ConfigError
-from noisyseg.losses import BCELoss
+from noisyseg.losses import BCELoss, BCEDiceLoss
 from noisyseg.models import build_model
 from noisyseg.rivals.adele import ADELE, correct_labels, iou_curve, memorisation_started
+from noisyseg.rivals.coteaching import CoTeaching, kept_share, small_loss_mask
 from noisyseg.rivals.mtcl import MeanTeacherCL, confident_errors
 from noisyseg.rivals.streams import TwoStreamMethod
 
@@ -139,3 +142,38 @@ def test_mtcl_corrects_or_downweights_noisy_pixels_only(mode):
     else:
         assert torch.equal(spy.target, torch.cat([data["noisy"]["mask"], data["clean"]["mask"]]))
         assert (spy.weight[:n] == 0).any() and (spy.weight[n:] == spy.weight[n:].flatten()[0]).all()
+
+
+# -- co-teaching ---------------------------------------------------------------------------------
+def test_kept_share_follows_the_schedule_and_selection_keeps_the_smallest():
+    assert [kept_share(s, 0.2, 10) for s in (0, 5, 10, 50)] == pytest.approx([1.0, 0.9, 0.8, 0.8])
+    losses = torch.tensor([[0.5, 0.1], [0.9, 0.3]])
+    assert small_loss_mask(losses, 0.5).tolist() == [[False, True], [False, True]]
+    assert small_loss_mask(losses, 0.6).sum() == 3  # ceil(0.6 * 4)
+
+
+def test_each_network_trains_on_the_pixels_its_peer_finds_small_loss():
+    method = CoTeaching(BCELoss(), 0.5, forget_rate=0.5, rampup_epochs=1, steps_per_epoch=2, init_seed=0)
+    model, data = tiny_model(), batches()
+    shares = [method.step(model, data, 0.01).logs["coteach_kept_share"] for _ in range(3)]
+    assert shares == pytest.approx([1.0, 0.75, 0.5])
+    assert any(not torch.equal(a, b) for a, b in zip(model.state_dict().values(), method.peer.state_dict().values()))
+    peer_before = copy.deepcopy(method.peer)
+    images = torch.cat([data["noisy"]["image"], data["clean"]["image"]])
+    masks = torch.cat([data["noisy"]["mask"], data["clean"]["mask"]])
+    with torch.no_grad():
+        peer_losses = BCELoss().per_pixel(peer_before(images), masks)
+    loss = method.step(model, data, 0.01).loss
+    n = len(data["noisy"]["image"])
+    keep = torch.ones_like(masks)
+    keep[:n] = small_loss_mask(peer_losses[:n], 0.5).float()
+    expected = (BCELoss().per_pixel(model(images), masks) * keep).sum() / keep.sum()
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+    assert any(not torch.equal(a, b) for a, b in zip(peer_before.parameters(), method.peer.parameters()))
+
+
+def test_jocor_gives_each_network_only_its_own_gradient():
+    method = CoTeaching(BCEDiceLoss(), 0.5, forget_rate=0.3, rampup_epochs=0, agreement=0.5)
+    model, data = tiny_model(), batches()
+    method.step(model, data, 0.01).loss.backward()  # would fail if the peer's stepped graph were reached
+    assert all(p.grad is not None for p in model.parameters())

@@ -5,7 +5,8 @@ Importing this package registers ``adele``, ``mtcl`` and ``coteach`` in ``METHOD
 imports it, so they are there whenever a method is built.
 """
 from noisyseg.rivals.adele import ADELE
+from noisyseg.rivals.coteaching import CoTeaching
 from noisyseg.rivals.mtcl import MeanTeacherCL
 from noisyseg.rivals.streams import TwoStreamMethod
 
-__all__ = ["ADELE", "MeanTeacherCL", "TwoStreamMethod"]
+__all__ = ["ADELE", "CoTeaching", "MeanTeacherCL", "TwoStreamMethod"]
