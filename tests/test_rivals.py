@@ -3,6 +3,8 @@ each, and resume equality for their state (teacher, second network, correction s
 from __future__ import annotations
 
 import copy
+import json
+import math
 
 import numpy as np
 import pytest
@@ -15,6 +17,8 @@ from noisyseg.rivals.adele import ADELE, correct_labels, iou_curve, memorisation
 from noisyseg.rivals.coteaching import CoTeaching, kept_share, small_loss_mask
 from noisyseg.rivals.mtcl import MeanTeacherCL, confident_errors
 from noisyseg.rivals.streams import TwoStreamMethod
+from noisyseg.train import train
+from test_train import config, interrupt_at_epoch, run_cli
 
 
 class SpyLoss(BCELoss):
@@ -177,3 +181,37 @@ def test_jocor_gives_each_network_only_its_own_gradient():
     model, data = tiny_model(), batches()
     method.step(model, data, 0.01).loss.backward()  # would fail if the peer's stepped graph were reached
     assert all(p.grad is not None for p in model.parameters())
+
+
+# -- end to end: the command line, and resume --------------------------------------------------------
+@pytest.mark.parametrize("method", ["adele", "mtcl", "coteach"])
+def test_cli_smoke_run(tmp_path, method):
+    out = tmp_path / "run"
+    proc = run_cli("debug=fast", "data.params.count=80", f"method={method}", f"hydra.run.dir={out}", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    results = json.loads((out / "results.json").read_text())
+    assert results["config"]["method"]["name"] == method and math.isfinite(results["test"]["dice"])
+    assert results["method_state"]["steps"] == 6
+
+
+@pytest.mark.parametrize("overrides, state_keys", [
+    (("arm=adele", "trainer.epochs=5", "method.r=0.05"), ()),
+    (("arm=mtcl", "trainer.epochs=3"), ("teacher",)),
+    (("arm=coteach_balanced", "trainer.epochs=3"), ("peer", "peer_optimizer")),
+])
+def test_killed_and_resumed_run_ends_as_the_uninterrupted_one(tmp_path, monkeypatch, overrides, state_keys):
+    cfg = config(*overrides)
+    full = train(cfg, tmp_path / "full")
+    interrupt_at_epoch(cfg, tmp_path / "part", cfg.trainer.epochs - 1, monkeypatch)
+    cfg.resume = str(tmp_path / "part")
+    resumed = train(cfg)
+    assert resumed["test"] == full["test"] and resumed["method_state"] == full["method_state"]
+    a, b = (torch.load(tmp_path / run / "last.pt", weights_only=True) for run in ("full", "part"))
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    for key in state_keys:
+        saved, restored = a["method"][key], b["method"][key]
+        tensors = saved.items() if key != "peer_optimizer" else saved["state"][0].items()
+        other = restored if key != "peer_optimizer" else restored["state"][0]
+        assert all(torch.equal(v, other[k]) for k, v in tensors if isinstance(v, torch.Tensor))
+    if "arm=adele" in overrides:  # the resumed part ran with correction on
+        assert full["method_state"]["start_epoch"][1] is not None and full["method_state"]["start_epoch"][1] < 3
