@@ -49,7 +49,7 @@ def fit_iou_curve(history: list[float]) -> tuple[float, float, float] | None:
             warnings.simplefilter("ignore")
             params, _ = curve_fit(iou_curve, x, np.asarray(history, float), p0=(1.0, 1.0, 1.0),
                                   bounds=([0.0, 0.0, 0.0], [1.5, 50.0, 10.0]), maxfev=5000)
-    except (RuntimeError, ValueError):
+    except (RuntimeError, TypeError, ValueError):  # no convergence, or fewer epochs than parameters
         return None
     return tuple(float(p) for p in params)
 
@@ -111,8 +111,8 @@ class ADELE(TwoStreamMethod):
     """
 
     def __init__(self, loss: PixelLoss, clean_share: float | None = 0.5, tau: float = 0.7, r: float = 0.9,
-                 scales: list[float] = (0.75, 1.0, 1.25), consistency_weight: float = 1.0, steps_per_epoch: int = 50,
-                 min_epochs: int = 3) -> None:
+                 scales: tuple[float, ...] | list[float] = (0.75, 1.0, 1.25), consistency_weight: float = 1.0,
+                 steps_per_epoch: int = 50, min_epochs: int = 3) -> None:
         super().__init__(loss, clean_share)
         if not 0.5 <= tau < 1 or not 0 < r < 1 or steps_per_epoch < 1 or 1.0 not in scales:
             raise ConfigError("adele needs tau in [0.5, 1), r in (0, 1), steps_per_epoch >= 1 and 1.0 among the scales")
