@@ -12,6 +12,7 @@ from noisyseg.meta import META_BACKENDS, MetaReweightedLoss, MetaResult, pixel_w
 from noisyseg.methods import METHODS
 from noisyseg.metrics import score
 from noisyseg.models import MODELS, UNet, build_model
+from noisyseg import rivals  # noqa: F401  (registers the rival methods adele, mtcl, coteach)
 
 __version__ = "0.1.0"
 

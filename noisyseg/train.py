@@ -304,6 +304,8 @@ def train(cfg: DictConfig | dict, run_dir: str | Path | None = None) -> dict[str
     loss = build_loss(cfg.loss.name, **node_kwargs(cfg.loss))
     method = build_method(cfg.method.name, loss, **node_kwargs(cfg.method))
     streams = build_streams(cfg, method, arrays)
+    if hasattr(method, "set_stream_sizes"):  # rivals drawing expert images at their pooled share
+        method.set_stream_sizes({name: len(data) for name, data in streams.items()})
     evalsets = {s: SegmentationDataset(arrays[s]["images"], {"mask": arrays[s]["masks"]}) for s in ("val", "test")}
     fitset = _fit_subset(arrays["noisy"], cfg.trainer.fit_curve_images)
     net = build_model(cfg.model.name, **node_kwargs(cfg.model)).to(device)
