@@ -44,7 +44,7 @@ def lr_factor(step: int, total: int, schedule: str, warmup_steps: int, min_lr_ra
 
 def build_optimizer(params: Params, total_steps: int, name: str = "adam", *, schedule: str, warmup_steps: int,
                     min_lr_ratio: float, **options) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
-    """``(optimizer, per-step LambdaLR scheduler)``: ``OPTIMIZERS[name](params, **options)`` with the schedule.
+    """``(optimizer, per-step LambdaLR scheduler)``: ``OPTIMIZERS.build(name, params=params, **options)`` with the schedule.
 
     The schedule options have no Python default: each ``conf/optim/<name>.yaml`` sets them (they differ
     per optimiser), so the YAML file is their one home.

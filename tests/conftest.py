@@ -97,3 +97,22 @@ def raise_at_epoch(monkeypatch, epoch: int, error: type[BaseException]) -> None:
         return original(self, e)
 
     monkeypatch.setattr(Trainer, "train_epoch", train_epoch)
+
+
+def run_cli_in_process(monkeypatch, main, prog: str, *args: str) -> int:
+    """``python -m <prog> *args`` run by its ``main`` in this process; returns the exit status (-2: a
+    Ctrl-C escaped, which the CLI must turn into 130 and must never stop pytest)."""
+    import sys
+
+    from hydra.core.global_hydra import GlobalHydra
+
+    monkeypatch.setattr(sys, "argv", [prog, *args, "hydra/job_logging=none", "hydra/hydra_logging=none"])
+    try:
+        main()
+        return 0
+    except SystemExit as exit:
+        return exit.code
+    except KeyboardInterrupt:
+        return -2
+    finally:
+        GlobalHydra.instance().clear()

@@ -12,9 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import raise_at_epoch
+from conftest import raise_at_epoch, run_cli_in_process
 from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
 
 from noisyseg.active.loop import ActiveLoop, main, run_active
 from noisyseg.active.oracle import OracleError, OracleLog, SimulatedOracle
@@ -94,14 +93,7 @@ def test_kill_and_resume_equals_uninterrupted(tmp_path, monkeypatch, kill):
 
 def active_cli(monkeypatch, *args: str) -> int:
     """``python -m noisyseg.active *args`` in this process; returns the exit status."""
-    monkeypatch.setattr(sys, "argv", ["noisyseg.active", *args, "hydra/job_logging=none", "hydra/hydra_logging=none"])
-    try:
-        main()
-        return 0
-    except SystemExit as exit:
-        return exit.code
-    finally:
-        GlobalHydra.instance().clear()
+    return run_cli_in_process(monkeypatch, main, "noisyseg.active", *args)
 
 
 def test_the_printed_hint_resumes_a_cli_run_with_its_saved_config(tmp_path, monkeypatch, capsys):

@@ -19,9 +19,9 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from conftest import run_cli_in_process
 import torch
 from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
 
 from noisyseg.atomic import prepare_run_dir
 from noisyseg.checkpoint import load_checkpoint
@@ -47,16 +47,7 @@ def config(*overrides: str):
 
 def cli(monkeypatch, *args: str) -> int:
     """``python -m noisyseg.train *args`` in this process; returns the exit status (-2: Ctrl-C escaped)."""
-    monkeypatch.setattr(sys, "argv", ["noisyseg.train", *args, "hydra/job_logging=none", "hydra/hydra_logging=none"])
-    try:
-        main()
-        return 0
-    except SystemExit as exit:
-        return exit.code
-    except KeyboardInterrupt:  # the CLI must turn Ctrl-C into exit status 130; never stop pytest
-        return -2
-    finally:
-        GlobalHydra.instance().clear()
+    return run_cli_in_process(monkeypatch, main, "noisyseg.train", *args)
 
 
 def fail_at_step(monkeypatch, call: int, fault) -> None:

@@ -15,7 +15,7 @@ from noisyseg.losses import BCELoss, BCEDiceLoss
 from noisyseg.models import build_model
 from noisyseg.rivals.adele import ADELE, correct_labels, iou_curve, memorisation_started
 from noisyseg.rivals.coteaching import CoTeaching, kept_share, small_loss_mask
-from noisyseg.rivals.mtcl import MeanTeacherCL, confident_errors
+from noisyseg.rivals.mtcl import MTCL, confident_errors
 from noisyseg.rivals.streams import TwoStreamMethod
 from noisyseg.train import train
 from test_train import config, interrupt_at_epoch, run_cli
@@ -117,7 +117,7 @@ def test_confident_learning_flags_labels_the_teacher_confidently_contradicts():
 
 
 def test_teacher_is_the_ema_of_the_student():
-    method = MeanTeacherCL(BCELoss(), 0.5, ema_decay=0.6)
+    method = MTCL(BCELoss(), 0.5, ema_decay=0.6)
     model, data = tiny_model(), batches()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     reference = None
@@ -135,7 +135,7 @@ def test_teacher_is_the_ema_of_the_student():
 @pytest.mark.parametrize("mode", ["flip", "weight"])
 def test_mtcl_corrects_or_downweights_noisy_pixels_only(mode):
     spy = SpyLoss()
-    method = MeanTeacherCL(spy, 0.5, mode=mode, flagged_weight=0.0)
+    method = MTCL(spy, 0.5, mode=mode, flagged_weight=0.0)
     model, data = tiny_model(), batches()
     out = method.step(model, data, 0.01)
     n = len(data["noisy"]["image"])
@@ -184,6 +184,7 @@ def test_jocor_gives_each_network_only_its_own_gradient():
 
 
 # -- end to end: the command line, and resume --------------------------------------------------------
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["adele", "mtcl", "coteach"])
 def test_cli_smoke_run(tmp_path, method):
     out = tmp_path / "run"

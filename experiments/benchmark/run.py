@@ -1,6 +1,6 @@
 """Run one benchmark preset: its default point and the one-axis slices around it, then aggregate.
 
-    python experiments/benchmark/run.py bench_quick [--jobs 2] [--slices default,level] [--set key=value ...]
+    python experiments/benchmark/run.py bench_quick [--jobs 2] [--slices default,level] [--arms meta,balanced] [--set key=value ...]
 
 Every slice is one Hydra multirun (``python -m noisyseg.train -m experiment=<preset> ...``) over the
 arms and the preset's seeds; finished cells are reused, so an interrupted benchmark continues where it
@@ -14,7 +14,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-ARMS = ("clean", "pooled", "balanced", "meta", "oracle")
+ARMS = ("clean", "pooled", "balanced", "meta", "adele_balanced", "mtcl", "coteach_balanced", "oracle")
 NOISE_FREE = ("clean", "oracle")
 META_VARIANTS = ("meta_clean",)  # candidates for arm=meta_best, compared at the default point only
 SLICES: dict[str, list[list[str]]] = {  # one axis at a time around the preset's default point
@@ -28,12 +28,15 @@ SLICES: dict[str, list[list[str]]] = {  # one axis at a time around the preset's
 EXPERT_AXES = ("experts",)  # slices that change what the noise-free arms see
 
 
-def commands(preset: str, slices: list[str], jobs: int, extra: list[str]) -> list[list[str]]:
-    """One ``python -m noisyseg.train -m`` command line per slice point."""
+def commands(preset: str, slices: list[str], jobs: int, extra: list[str], only: list[str] | None = None) -> list[list[str]]:
+    """One ``python -m noisyseg.train -m`` command line per slice point (``only``: these arms alone)."""
     launcher = [f"hydra/launcher=joblib", f"hydra.launcher.n_jobs={jobs}", "threads=1"] if jobs > 1 else []
     out = []
     for name in slices:
         arms = [*ARMS, *META_VARIANTS] if name == "default" else ARMS if name in EXPERT_AXES else [a for a in ARMS if a not in NOISE_FREE]
+        arms = [a for a in arms if only is None or a in only]
+        if not arms:
+            continue
         for overrides in SLICES[name]:
             out.append([sys.executable, "-m", "noisyseg.train", "-m", f"experiment={preset}", f"arm={','.join(arms)}",
                         *overrides, *launcher, *extra])
@@ -45,12 +48,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("preset", help="bench_quick, bench_ph2, bench_paper or bench_full")
     parser.add_argument("--jobs", type=int, default=2, help="cells run at once (joblib launcher)")
     parser.add_argument("--slices", default=",".join(SLICES), help=f"comma-separated, of {', '.join(SLICES)}")
+    parser.add_argument("--arms", default=None, help="comma-separated arms to run (default: all of the slice's)")
     parser.add_argument("--set", nargs="*", default=[], help="extra overrides for every run (e.g. data.params.root=...)")
     args = parser.parse_args(argv)
     unknown = set(args.slices.split(",")) - set(SLICES)
     if unknown:
         parser.error(f"unknown slice(s) {', '.join(sorted(unknown))}; choose from {', '.join(SLICES)}")
-    for command in commands(args.preset, args.slices.split(","), args.jobs, args.set):
+    only = args.arms.split(",") if args.arms else None
+    for command in commands(args.preset, args.slices.split(","), args.jobs, args.set, only):
         print("+", " ".join(command[1:]), flush=True)
         subprocess.run(command, check=True)
     root = Path("experiments/results") / args.preset

@@ -16,14 +16,14 @@ import torch
 from noisyseg.losses import BCEDiceLoss
 from noisyseg.methods import Balanced
 from noisyseg.models import UNet
-from noisyseg.rivals import ADELE, CoTeaching, MeanTeacherCL
+from noisyseg.rivals import ADELE, CoTeaching, MTCL
 
 
 def methods(loss) -> dict:
     correcting = ADELE(loss, 0.5)
     correcting.start_epoch = [0, 0]  # after the memorisation onset: multi-scale passes and consistency
     return {"balanced": Balanced(loss), "adele (before onset)": ADELE(loss, 0.5), "adele (correcting)": correcting,
-            "mtcl": MeanTeacherCL(loss, 0.5), "coteach": CoTeaching(loss, 0.5), "jocor": CoTeaching(loss, 0.5, agreement=0.5)}
+            "mtcl": MTCL(loss, 0.5), "coteach": CoTeaching(loss, 0.5), "jocor": CoTeaching(loss, 0.5, agreement=0.5)}
 
 
 def batches(size: int, batch: int) -> dict:

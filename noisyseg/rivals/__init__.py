@@ -6,7 +6,7 @@ imports it, so they are there whenever a method is built.
 """
 from noisyseg.rivals.adele import ADELE
 from noisyseg.rivals.coteaching import CoTeaching
-from noisyseg.rivals.mtcl import MeanTeacherCL
+from noisyseg.rivals.mtcl import MTCL
 from noisyseg.rivals.streams import TwoStreamMethod
 
-__all__ = ["ADELE", "CoTeaching", "MeanTeacherCL", "TwoStreamMethod"]
+__all__ = ["ADELE", "CoTeaching", "MTCL", "TwoStreamMethod"]

@@ -110,7 +110,7 @@ class ADELE(TwoStreamMethod):
         min_epochs: epochs of IoU history before the curve is fitted.
     """
 
-    def __init__(self, loss: PixelLoss, clean_share: float | None = 0.5, tau: float = 0.7, r: float = 0.9,
+    def __init__(self, loss: PixelLoss, clean_share: float | None = None, tau: float = 0.7, r: float = 0.9,
                  scales: tuple[float, ...] | list[float] = (0.75, 1.0, 1.25), consistency_weight: float = 1.0,
                  steps_per_epoch: int = 50, min_epochs: int = 3) -> None:
         super().__init__(loss, clean_share)

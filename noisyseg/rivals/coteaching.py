@@ -62,7 +62,7 @@ class CoTeaching(TwoStreamMethod):
         init_seed: the second network is initialised with ``init_seed + 1`` (``${seed}``).
     """
 
-    def __init__(self, loss: PixelLoss, clean_share: float | None = 0.5, forget_rate: float = 0.2,
+    def __init__(self, loss: PixelLoss, clean_share: float | None = None, forget_rate: float = 0.2,
                  rampup_epochs: float = 5, steps_per_epoch: int = 50, agreement: float = 0.0, optimizer: str = "adam",
                  weight_decay: float = 0.0, init_seed: int = 0) -> None:
         super().__init__(loss, clean_share)
@@ -83,9 +83,8 @@ class CoTeaching(TwoStreamMethod):
             for module in self.peer.modules():
                 if module is not self.peer and hasattr(module, "reset_parameters"):
                     module.reset_parameters()
-        extra = {"momentum": 0.9} if self.optimizer_name == "sgd" else {}
-        self.peer_optimizer = OPTIMIZERS[self.optimizer_name](self.peer.parameters(), lr=lr,
-                                                              weight_decay=self.weight_decay, **extra)
+        self.peer_optimizer = OPTIMIZERS.build(self.optimizer_name, params=self.peer.parameters(), lr=lr,
+                                               weight_decay=self.weight_decay)
         if self._pending is not None:
             self.peer.load_state_dict(self._pending["peer"])
             self.peer_optimizer.load_state_dict(self._pending["peer_optimizer"])

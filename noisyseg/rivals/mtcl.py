@@ -67,7 +67,7 @@ def sigmoid_rampup(step: int, length: int) -> float:
 
 
 @METHODS.register("mtcl")
-class MeanTeacherCL(TwoStreamMethod):
+class MTCL(TwoStreamMethod):
     """Mean teacher + confident learning (Xu et al., MICCAI 2021 / TMI 2022).
 
     Args:
