@@ -2,7 +2,8 @@
 
 Everything here runs before any data is loaded:
 
-1. **Keys and types.** The dataclasses below are registered with Hydra's ConfigStore as part of
+1. **Keys and types.** The dataclasses below are registered with Hydra's ConfigStore (by
+   :func:`register_schemas`, which :func:`noisyseg.config.register` calls) as part of
    ``train_schema`` (listed first in ``conf/train.yaml``'s defaults) and ``active_schema`` (the
    ``active`` node, first in ``conf/active_loop.yaml``). While composing, Hydra rejects an unknown key
    or a value of the wrong type in a config file or an override. Plug-in options whose keys differ per
@@ -144,8 +145,11 @@ class ActiveConfig:
     pseudo: Options = MISSING
 
 
-ConfigStore.instance().store(name="train_schema", node=TRAIN_SCHEMA)
-ConfigStore.instance().store(name="active_schema", node=ActiveConfig, package="active")
+def register_schemas() -> None:
+    """Store ``train_schema`` and ``active_schema`` in Hydra's ConfigStore (idempotent); called by
+    :func:`noisyseg.config.register`, before anything composes ``conf/``."""
+    ConfigStore.instance().store(name="train_schema", node=TRAIN_SCHEMA)
+    ConfigStore.instance().store(name="active_schema", node=ActiveConfig, package="active")
 
 
 # -- 2. range rules ------------------------------------------------------------------------------

@@ -1,209 +1,32 @@
-"""``python -m noisyseg.train``: a thin Hydra entry point around :func:`train`.
+"""One run: train, select the best-validation checkpoint, test, write everything to the run folder.
 
-Everything below :func:`main` is plain Python: ``train(cfg)`` takes a config (an OmegaConf
-``DictConfig`` or a dict) and returns the results dict that it also writes to ``results.json``.
+``train(cfg)`` takes a config (an OmegaConf ``DictConfig`` or a dict) and returns the results dict that
+it also writes to ``results.json``; the objects it trains come from :mod:`noisyseg.build`, and
+``python -m noisyseg.train`` is :func:`main`, a thin wrapper around :func:`noisyseg.cli.hydra_main`.
 """
 from __future__ import annotations
 
 import json
-import os
-import shlex
 import sys
 from pathlib import Path
-from typing import Any, Callable, NoReturn
+from typing import Any
 
 import numpy as np
 import torch
-from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
 
 from noisyseg.atomic import prepare_run_dir, write_image, write_json
+from noisyseg.build import build_data, build_trainer
 from noisyseg.checkpoint import load_checkpoint, save_checkpoint
-from noisyseg.data.cache import load_arrays
-from noisyseg.data.calibration import calibrate
+from noisyseg.cli import check_resume, hydra_main, restart_command, stop_note
 from noisyseg.data.dataset import SegmentationDataset
-from noisyseg.data.sources import build_source
-from noisyseg.data.splits import load_manifest, make_splits, save_manifest
-from noisyseg.data.transforms import build_transform
-from noisyseg.distributed import barrier, broadcast, data_parallel, is_main, main_first, setup, unwrap
+from noisyseg.distributed import barrier, broadcast, main_first, setup, unwrap
 from noisyseg.engine import Trainer, TrainingDiverged, evaluate, predict_probs
-from noisyseg.errors import ConfigError, DataError, NoisysegError
-from noisyseg.losses import build_loss
-from noisyseg.methods import build_method
 from noisyseg.metrics import per_image_scores, score
-from noisyseg.models import build_model
-from noisyseg.noise import MaskNoise, realised_dice, target_dice
-from noisyseg.optim import build_optimizer
 from noisyseg.runlog import RunLog, denormalise, image_grid
-from noisyseg.schema import check_command_line, validate  # also registers the config schemas with Hydra
+from noisyseg.schema import validate
 
-CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 CHECKPOINT_FORMAT = 1
-
-
-def node_kwargs(node: DictConfig, drop: tuple[str, ...] = ("name",)) -> dict[str, Any]:
-    """A config group's options as keyword arguments for its plug-in (``name`` dropped)."""
-    return {k: v for k, v in OmegaConf.to_container(node, resolve=True, throw_on_missing=True).items() if k not in drop}
-
-
-def load_splits(cfg: DictConfig, run_dir: Path, manifest: bool = True
-                ) -> tuple[Any, dict[str, dict[str, np.ndarray]], dict[str, Any]]:
-    """Build the data source, split it (or reuse a manifest) and decode every split (cached); write
-    ``splits.json`` unless ``manifest=False``. Returns the source, the arrays and the noise report."""
-    source = build_source(cfg.data.name, **node_kwargs(cfg.data.params, drop=()))
-    if cfg.data.splits_file:
-        splits = load_manifest(cfg.data.splits_file, source.ids)
-    else:
-        splits = make_splits(source.ids, cfg.seed, **node_kwargs(cfg.data.split, drop=()), official=source.official)
-    if manifest:
-        save_manifest(run_dir / "splits.json", splits)
-    noise, calibration = build_noise(cfg.noise, source, splits["noisy"], cfg.data.size, cfg.cache_dir)
-    arrays = {
-        name: load_arrays(source, ids, cfg.data.size, cfg.cache_dir, noise=noise if name == "noisy" else None, split=name,
-                          progress=cfg.trainer.progress)
-        for name, ids in splits.items()
-    }
-    return source, arrays, noise_report(cfg.noise, noise, calibration, splits["noisy"], arrays["noisy"])
-
-
-def build_noise(node: DictConfig, source: Any = None, ids: list[str] = (), size: int = 0,
-                cache_dir: str | None = None) -> tuple[MaskNoise | None, dict[str, float]]:
-    """The annotation-noise model applied to the noisy split (None for ``noise=none``) and, when
-    ``noise.target_dice`` is set, the calibration that chose its level on ``ids`` of ``source``."""
-    if node.kind == "none":
-        return None, {}
-    noise = MaskNoise(node.kind, node.level, node.fraction, node.seed, node.missing)
-    if node.target_dice is None:
-        return noise, {}
-    return calibrate(noise, target_dice(node.target_dice), source, list(ids), size, cache_dir)
-
-
-def noise_report(node: DictConfig, noise: MaskNoise | None, calibration: dict[str, float], ids: list[str],
-                 noisy: dict[str, np.ndarray]) -> dict[str, Any]:
-    """The configured noise, the level used, and the realised noise: mean Dice(noisy, true) over the
-    noisy split, and over its corrupted images alone (neither missing nor left clean)."""
-    report = {**node_kwargs(node, drop=()), **calibration, "realised_dice": 1.0}
-    if noise is None or not len(ids):
-        return report
-    corrupted = np.array([noise.is_corrupted(i) and not noise.is_missing(i) for i in ids])
-    report.update(level=noise.level, realised_dice=realised_dice(noisy["noisy_masks"], noisy["masks"]),
-                  corrupted_count=int(corrupted.sum()), missing_count=int(sum(noise.is_missing(i) for i in ids)))
-    if corrupted.any():
-        report["realised_dice_corrupted"] = realised_dice(noisy["noisy_masks"][corrupted], noisy["masks"][corrupted])
-    return report
-
-
-def _stream_dataset(arrays: dict[str, dict[str, np.ndarray]], splits: tuple[str, ...], transform) -> SegmentationDataset:
-    parts = [arrays[s] for s in splits]
-    images = np.concatenate([p["images"] for p in parts])
-    true = np.concatenate([p["masks"] for p in parts])
-    target = np.concatenate([p.get("noisy_masks", p["masks"]) for p in parts])  # what the learner sees
-    return SegmentationDataset(images, {"mask": target, "true_mask": true}, transform)
-
-
-def build_streams(cfg: DictConfig, method, arrays) -> dict[str, SegmentationDataset]:
-    transform = build_transform(OmegaConf.to_container(cfg.data.augment, resolve=True))
-    streams = {}
-    for name, splits in method.streams.items():
-        if sum(len(arrays[s]["images"]) for s in splits) == 0:
-            raise DataError(f"method={cfg.method.name} trains on the {'+'.join(splits)} split(s), which are empty; check data.split")
-        streams[name] = _stream_dataset(arrays, splits, transform)
-    return streams
-
-
-# Settings that change how a run computes or reports, never its result: a resumed run may change them.
-# Not ``device``: another device (or GPU kind) gives a different result, and resuming promises the same one.
-RESUME_NEUTRAL = ("threads", "trainer.progress", "trainer.num_workers", "trainer.tensorboard", "cache_dir")
-_BOOKKEEPING = ("resume", "reuse")  # say where the run is, not what it computes
-
-
-def check_resume(cfg: DictConfig, saved: dict) -> None:
-    """Refuse to continue a run whose saved config differs from ``cfg`` (:data:`RESUME_NEUTRAL` aside)."""
-    current = OmegaConf.to_container(cfg, resolve=True)
-    ignored = (*RESUME_NEUTRAL, *_BOOKKEEPING)
-    differ = sorted(k for k in _diff_keys(current, dict(saved)) if k not in ignored)
-    if differ:
-        raise ConfigError(f"cannot resume: the configuration differs from the checkpoint's in {', '.join(differ)}")
-
-
-def _diff_keys(a: Any, b: Any, prefix: str = "") -> list[str]:
-    if isinstance(a, dict) and isinstance(b, dict):
-        return [k for key in a.keys() | b.keys() for k in _diff_keys(a.get(key), b.get(key), f"{prefix}{key}.")]
-    return [] if a == b else [prefix.rstrip(".")]
-
-
-def resume_command(module: str, run_dir: str | Path) -> str:
-    """The command that continues ``run_dir``, as printed after an interruption and run as printed."""
-    return f"python -m {module} {shlex.quote(f'resume={run_dir}')}"
-
-
-def restart_command(module: str, run_dir: str | Path, changes: dict[str, Any]) -> str | None:
-    """A command for a new run: the overrides that started ``run_dir`` (as Hydra saved them) with
-    ``changes``; None for a run not started from the command line."""
-    path = Path(run_dir) / ".hydra" / "overrides.yaml"
-    if not path.is_file():
-        return None
-    kept = [o for o in OmegaConf.load(path) if o.split("=")[0].lstrip("+~") not in {*changes, "resume"}]
-    args = [*kept, *(f"{key}={value}" for key, value in changes.items())]
-    return f"python -m {module} {' '.join(shlex.quote(a) for a in args)}"
-
-
-def resume_config(overrides: list[str], checkpoint: str) -> DictConfig | None:
-    """The configuration of a command line with ``resume=<run>`` (None without one): the config saved in
-    the run's ``checkpoint``, changed only by the other ``overrides`` that leave the result as it is
-    (:data:`RESUME_NEUTRAL`). An override that repeats the run's own setting changes nothing and is
-    accepted; any other is refused, naming the keys.
-    """
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-    from hydra.errors import HydraException
-
-    try:
-        parsed = [o for o in OverridesParser.create().parse_overrides(overrides) if not o.is_hydra_override()]
-    except HydraException:  # a malformed override: Hydra reports it, with its position, while composing
-        return None
-    run = next((o.value() for o in parsed if o.key_or_group == "resume"), None)
-    if not run:
-        return None
-    run_dir = Path(str(run))
-    path = run_dir / checkpoint
-    if not path.is_file():
-        raise ConfigError(f"cannot resume {run_dir}: {path} not found (not a run folder, or stopped before its first "
-                          f"checkpoint: start it again instead)")
-    cfg = OmegaConf.create(load_checkpoint(path)["config"])
-    started = _started_with(run_dir)
-    changes = [o for o in parsed if o.key_or_group != "resume" and _changes(o, cfg, started)]
-    refused = sorted({o.key_or_group for o in changes} - set(RESUME_NEUTRAL))
-    if refused:
-        raise ConfigError(f"cannot resume: the configuration differs from the checkpoint's in {', '.join(refused)}; "
-                          f"a resumed run may change only {', '.join(RESUME_NEUTRAL)} (start a new run to change others)")
-    for o in changes:
-        OmegaConf.update(cfg, o.key_or_group, o.value(), merge=False)
-    cfg.resume = str(run_dir)
-    return cfg
-
-
-def _started_with(run_dir: Path) -> tuple[set[str], dict[str, Any]]:
-    """The run's command-line overrides and config-group choices, as Hydra saved them (empty for a run
-    started from Python)."""
-    hydra_dir = run_dir / ".hydra"
-    overrides = OmegaConf.load(hydra_dir / "overrides.yaml") if (hydra_dir / "overrides.yaml").is_file() else []
-    choices = {}
-    if (hydra_dir / "hydra.yaml").is_file():
-        choices = OmegaConf.to_container(OmegaConf.load(hydra_dir / "hydra.yaml").hydra.runtime.choices)
-    return set(overrides), choices
-
-
-def _changes(override: Any, cfg: DictConfig, started: tuple[set[str], dict[str, Any]]) -> bool:
-    """Whether a command-line override would change the saved config ``cfg``."""
-    overrides, choices = started
-    key = override.key_or_group
-    if override.input_line in overrides:
-        return False
-    if key in choices:  # a config group: data=ph2, experiment=..., debug=fast
-        return str(override.value()) != str(choices[key])
-    missing = object()
-    return override.is_delete() or OmegaConf.select(cfg, key, default=missing) != override.value()
 
 
 def _fit_subset(noisy: dict[str, np.ndarray], count: int) -> dict[str, Any] | None:
@@ -274,12 +97,6 @@ def _kept(run_dir: Path, epoch: int) -> str:
     return f"{run_dir / 'last.pt'} from epoch {epoch} is kept" if epoch >= 0 else "no checkpoint was written yet"
 
 
-def stop_note(what: str, kept: str, resumable: bool, module: str, run_dir: Path) -> str:
-    """``<what>; <kept>; resume with: python -m <module> resume=<run>`` (or how to start over)."""
-    hint = f"resume with: {resume_command(module, run_dir)}" if resumable else "run again to start over"
-    return f"{what}; {kept}; {hint}"
-
-
 def train(cfg: DictConfig | dict, run_dir: str | Path | None = None) -> dict[str, Any]:
     """Train and test one model as configured; write everything to ``run_dir``; return the results."""
     cfg = cfg if isinstance(cfg, DictConfig) else OmegaConf.create(cfg)
@@ -300,25 +117,11 @@ def train(cfg: DictConfig | dict, run_dir: str | Path | None = None) -> dict[str
     torch.manual_seed(cfg.seed)  # model initialisation
 
     with main_first():  # rank 0 decodes and caches the splits, the others then read the cache
-        _, arrays, noise = load_splits(cfg, run_dir, manifest=main)
-    loss = build_loss(cfg.loss.name, **node_kwargs(cfg.loss))
-    method = build_method(cfg.method.name, loss, **node_kwargs(cfg.method))
-    streams = build_streams(cfg, method, arrays)
-    if hasattr(method, "set_stream_sizes"):  # rivals drawing expert images at their pooled share
-        method.set_stream_sizes({name: len(data) for name, data in streams.items()})
+        arrays, noise = build_data(cfg, run_dir, manifest=main)
+    parts = build_trainer(cfg, arrays, device, rank, world)
+    method, net, optimizer, trainer = parts.method, parts.net, parts.optimizer, parts.trainer
     evalsets = {s: SegmentationDataset(arrays[s]["images"], {"mask": arrays[s]["masks"]}) for s in ("val", "test")}
     fitset = _fit_subset(arrays["noisy"], cfg.trainer.fit_curve_images)
-    net = build_model(cfg.model.name, **node_kwargs(cfg.model)).to(device)
-    if cfg.trainer.channels_last:
-        net = net.to(memory_format=torch.channels_last)  # convolutions then take NHWC inputs as they come
-    model = data_parallel(net, device, world)
-    if cfg.trainer.compile:
-        model = torch.compile(model)
-    total_steps = cfg.trainer.epochs * cfg.trainer.steps_per_epoch
-    optimizer, scheduler = build_optimizer(model.parameters(), total_steps, **node_kwargs(cfg.optim, drop=()))
-    trainer = Trainer(model, method, streams, optimizer, scheduler, device, cfg.seed, cfg.trainer.batch_size,
-                      cfg.trainer.steps_per_epoch, cfg.trainer.num_workers, cfg.trainer.grad_clip, cfg.trainer.progress,
-                      cfg.trainer.amp, rank=rank, world=world)
 
     start_epoch, best, history = 0, {"dice": -1.0, "epoch": -1}, []
     if cfg.resume:
@@ -389,91 +192,6 @@ def _write_per_image(path: Path, pred: np.ndarray, target: np.ndarray) -> None:
     lines = ["index," + ",".join(scores)]
     lines += [f"{i}," + ",".join(f"{scores[k][i]:.6f}" for k in scores) for i in range(len(pred))]
     path.write_text("\n".join(lines) + "\n")
-
-
-def _run_dir(resume: str | None, default: str) -> str:
-    return resume or default
-
-
-OmegaConf.register_new_resolver("noisyseg_run_dir", _run_dir, replace=True)
-
-
-def fail(error: object) -> NoReturn:
-    """The command line's answer to bad input: ``error: ...`` on stderr and exit status 2."""
-    print(f"error: {error}", file=sys.stderr)
-    sys.exit(2)
-
-
-class CheckOutputDir(Callback):
-    """Hydra callback (``hydra.callbacks`` in ``conf/train.yaml``): an output folder that cannot be
-    written fails with ``error: ...`` and status 2 before Hydra itself tries to create it."""
-
-    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
-        _writable_or_exit(config.hydra.run.dir)
-
-    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        _writable_or_exit(config.hydra.sweep.dir)
-
-
-def _writable_or_exit(path: str) -> None:
-    try:
-        prepare_run_dir(path)
-    except NoisysegError as err:
-        fail(err)
-
-
-def _one_run_dir_for_all_ranks(overrides: list[str]) -> None:
-    """Under torchrun every rank must write to one folder, but Hydra's default name is a timestamp that
-    may differ by a second between ranks: name it after torchrun's run id unless one is given."""
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or any(o.startswith(("hydra.run.dir=", "resume=")) for o in overrides):
-        return
-    run_id = os.environ.get("TORCHELASTIC_RUN_ID", "none")
-    if run_id == "none":
-        fail("under torchrun without --standalone or --rdzv-id, pass hydra.run.dir=<folder> "
-             "(every process must write to the same run folder)")
-    sys.argv.append(f"hydra.run.dir=runs/torchrun_{run_id}")
-
-
-def hydra_main(config_name: str, run: Callable[[DictConfig, str], dict], summary: Callable[[dict], dict],
-               checkpoint: str) -> None:
-    """Call ``run(cfg, run_dir)`` under Hydra with ``conf/<config_name>.yaml``; print ``summary(results)``
-    as JSON. Configuration and data errors print ``error: ...`` and exit with status 2.
-
-    ``resume=<run>`` runs with the config saved in ``<run>/<checkpoint>`` instead (see :func:`resume_config`)."""
-    import hydra
-    from hydra.core.hydra_config import HydraConfig
-
-    @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name=config_name)
-    def _main(cfg: DictConfig) -> None:
-        _run_and_report(run, cfg, HydraConfig.get().runtime.output_dir, summary)
-
-    from hydra._internal.utils import get_args_parser  # Hydra's own command-line parser
-
-    args = get_args_parser().parse_args()
-    _one_run_dir_for_all_ranks(args.overrides)
-    if not (args.config_path or args.config_dir or args.cfg or args.help or args.hydra_help or args.info
-            or args.shell_completion or args.experimental_rerun):
-        try:  # before Hydra creates a run folder: a typo names the valid keys, a bad value its range
-            cfg = None if args.multirun else resume_config(args.overrides, checkpoint)
-            if cfg is None:
-                check_command_line(CONFIG_DIR, args.config_name or config_name, args.overrides)
-        except (NoisysegError, OmegaConfBaseException) as err:
-            fail(err)
-        if cfg is not None:  # the saved config, not a new composition: Hydra would also overwrite the run's .hydra/
-            return _run_and_report(run, cfg, cfg.resume, summary)
-    _main()
-
-
-def _run_and_report(run: Callable[[DictConfig, str], dict], cfg: DictConfig, run_dir: str,
-                    summary: Callable[[dict], dict]) -> None:
-    try:
-        results = run(cfg, run_dir)
-    except (NoisysegError, OmegaConfBaseException) as err:
-        fail(err)
-    except KeyboardInterrupt:
-        sys.exit(130)  # train() has printed where it stopped and how to resume
-    if is_main():
-        print(json.dumps({"run_dir": run_dir, **summary(results)}, indent=2))
 
 
 def main() -> None:

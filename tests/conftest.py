@@ -9,6 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from noisyseg.config import register
+
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 
@@ -116,3 +118,9 @@ def run_cli_in_process(monkeypatch, main, prog: str, *args: str) -> int:
         return -2
     finally:
         GlobalHydra.instance().clear()
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _registered_config():
+    """Tests compose ``conf/`` directly, as a notebook would: register its schemas and resolvers once."""
+    register()

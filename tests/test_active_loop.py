@@ -20,7 +20,7 @@ from noisyseg.active.oracle import OracleError, OracleLog, SimulatedOracle
 from noisyseg.active.pseudo import build_pseudo_policy
 from noisyseg.errors import ConfigError, DataError
 from noisyseg.methods import CleanOnly, MetaReweighted
-from noisyseg.train import CONFIG_DIR
+from noisyseg.config import CONFIG_DIR
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["debug=fast", "data.params.count=60", "data.split.val=8", "data.split.test=8", "active.initial=6",

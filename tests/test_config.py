@@ -17,7 +17,7 @@ from noisyseg.methods import METHODS, build_method
 from noisyseg.models import MODELS, build_model
 from noisyseg.noise import NOISE_MODELS
 from noisyseg.optim import OPTIMIZERS, build_optimizer
-from noisyseg.train import CONFIG_DIR
+from noisyseg.config import CONFIG_DIR
 
 GROUPS = {"model": MODELS, "loss": LOSSES, "method": METHODS, "data": DATASETS}
 

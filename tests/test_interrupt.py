@@ -28,7 +28,9 @@ from noisyseg.checkpoint import load_checkpoint
 from noisyseg.engine import Trainer, TrainingDiverged
 from noisyseg.errors import ConfigError, NoisysegError
 from noisyseg.methods import Method
-from noisyseg.train import CONFIG_DIR, main, resume_command, resume_config, train
+from noisyseg.cli import resume_command, resume_config
+from noisyseg.config import CONFIG_DIR
+from noisyseg.train import main, train
 
 ROOT = Path(__file__).resolve().parents[1]
 # threads=1: tiny convolutions run many times faster on one thread when other work shares the CPU.

@@ -8,7 +8,7 @@ from omegaconf import OmegaConf
 
 from noisyseg.errors import ConfigError
 from noisyseg.optim import OPTIMIZERS, build_optimizer, lr_factor
-from noisyseg.train import CONFIG_DIR
+from noisyseg.config import CONFIG_DIR
 from test_config import options
 
 CLASSES = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD}
@@ -55,6 +55,7 @@ def test_cosine_schedule_warms_up_then_decays_to_the_floor():
 
 
 def test_train_builds_the_configured_optimiser(monkeypatch, tmp_path):
+    import noisyseg.build
     import noisyseg.train
 
     seen = {}
@@ -66,7 +67,7 @@ def test_train_builds_the_configured_optimiser(monkeypatch, tmp_path):
         seen.update(kwargs)
         raise Built
 
-    monkeypatch.setattr(noisyseg.train, "build_optimizer", spy)
+    monkeypatch.setattr(noisyseg.build, "build_optimizer", spy)
     with initialize_config_dir(CONFIG_DIR, version_base="1.3"):
         cfg = compose("train", overrides=["debug=fast", "data.params.count=40", "optim=sgd", "cache_dir=null"])
     with pytest.raises(Built):

@@ -8,7 +8,8 @@ from hydra import compose, initialize_config_dir
 from tqdm import tqdm
 
 from noisyseg.progress import OneLine, progress_bar
-from noisyseg.train import CONFIG_DIR, train
+from noisyseg.config import CONFIG_DIR
+from noisyseg.train import train
 
 # 80 images - 3 x 8 (clean, val, test) = 56 noisy ones: enough for the split-decoding report (50+)
 TINY = ("debug=fast", "data.params.count=80", "threads=1")

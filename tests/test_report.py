@@ -19,7 +19,8 @@ from hydra import compose, initialize_config_dir
 from noisyseg.errors import NoisysegError
 from noisyseg.report import build_report, main
 from noisyseg.runlog import image_grid
-from noisyseg.train import CONFIG_DIR, train
+from noisyseg.config import CONFIG_DIR
+from noisyseg.train import train
 
 ROOT = Path(__file__).resolve().parents[1]
 PNG = re.compile(r'src="data:image/png;base64,([^"]+)"')

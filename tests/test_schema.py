@@ -15,7 +15,8 @@ from omegaconf import OmegaConf
 from noisyseg.active.loop import run_active
 from noisyseg.errors import ConfigError
 from noisyseg.schema import check_command_line, validate
-from noisyseg.train import CONFIG_DIR, train
+from noisyseg.config import CONFIG_DIR
+from noisyseg.train import train
 
 ROOT = Path(__file__).resolve().parents[1]
 

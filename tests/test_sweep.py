@@ -51,7 +51,7 @@ def test_reuse_returns_finished_cell_without_training(tmp_path, monkeypatch):
     def boom(*args, **kwargs):
         raise AssertionError("a finished cell was recomputed")
 
-    monkeypatch.setattr(train_module, "load_splits", boom)
+    monkeypatch.setattr(train_module, "build_data", boom)
     assert train_module.train(config("reuse=true"), tmp_path) == first
 
 

@@ -16,7 +16,8 @@ from hydra import compose, initialize_config_dir
 from noisyseg.data import build_source
 from noisyseg.errors import ConfigError, DataError
 from noisyseg.metrics import METRIC_KEYS
-from noisyseg.train import CONFIG_DIR, train
+from noisyseg.config import CONFIG_DIR
+from noisyseg.train import train
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -162,7 +163,7 @@ def test_compile_is_refused_for_the_meta_step(tmp_path):
 
 def test_noise_is_identical_across_methods_and_fixed_by_the_seed(tmp_path):
     """Every arm of a benchmark sees the same noisy masks; another seed draws other ones."""
-    from noisyseg.train import load_splits
+    from noisyseg.build import load_splits
 
     def noisy_masks(*overrides):
         cfg = config("noise=coarse", "noise.target_dice=annotator_mean", "noise.missing=0.2", "cache_dir=null", *overrides)

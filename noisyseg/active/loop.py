@@ -53,8 +53,8 @@ from noisyseg.models import build_model
 from noisyseg.optim import build_optimizer
 from noisyseg.runlog import RunLog, image_grid
 from noisyseg.schema import validate
-from noisyseg.train import (build_noise, build_streams, check_resume, hydra_main, node_kwargs, resume_command,
-                            stop_note)
+from noisyseg.build import build_noise, build_streams, node_kwargs
+from noisyseg.cli import check_resume, hydra_main, resume_command, stop_note
 
 STATE_FORMAT = 1
 MC_TAG, QUERY_TAG, INITIAL_TAG = 101, 102, 103  # keep the round seeds apart from the epoch seeds
