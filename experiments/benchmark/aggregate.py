@@ -156,7 +156,7 @@ def plot_regimes(summary: list[dict], regimes: list[tuple], arms: list[str], def
 
     names = [regime_name(v, default) for v in regimes]
     entry = {(s["arm"], s["regime"]): s for s in summary}
-    fig, ax = plt.subplots(figsize=(max(7, 1.3 * len(names)), 4.5))
+    fig, ax = plt.subplots(figsize=(max(7, 1.3 * len(names)) + 2, 4.5))
     width = 0.8 / len(arms)
     for k, arm in enumerate(arms):
         xs = [i + (k - (len(arms) - 1) / 2) * width for i, n in enumerate(names) if (arm, n) in entry]
@@ -166,7 +166,7 @@ def plot_regimes(summary: list[dict], regimes: list[tuple], arms: list[str], def
     ax.set_xticks(range(len(names)), names, rotation=20, ha="right", fontsize=8)
     ax.set(ylabel="test Dice", title=f"{path.parent.name}: every arm per regime (mean ± std over seeds)")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, ncol=len(arms))
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))  # beside the axes: never over a point
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
