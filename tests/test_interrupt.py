@@ -224,8 +224,11 @@ def test_the_printed_hint_resumes_a_run_started_with_overrides(tmp_path, stop):
     straight, run = tmp_path / "straight", tmp_path / "run"
     train(config(*started), straight)
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    # a shell without job control starts background jobs with SIGINT ignored, and Python keeps it ignored:
+    # restore the default so that the child gets Python's KeyboardInterrupt, as in a terminal
     proc = subprocess.Popen([sys.executable, "-m", "noisyseg.train", *started, f"hydra.run.dir={run}"], cwd=tmp_path,
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 120
     while not (run / "last.pt").exists() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.005)
