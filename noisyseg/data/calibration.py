@@ -67,7 +67,8 @@ def calibrate(noise: MaskNoise, target: float, source: Source, ids: list[str], s
     ``cache_dir`` when given."""
     if not ids:
         raise ConfigError("noise.target_dice needs a non-empty noisy split to calibrate on")
-    picks = sorted(ids) if len(ids) <= MAX_MASKS else [sorted(ids)[i] for i in np.linspace(0, len(ids) - 1, MAX_MASKS).astype(int)]
+    ordered = sorted(ids)
+    picks = ordered if len(ordered) <= MAX_MASKS else [ordered[i] for i in np.linspace(0, len(ordered) - 1, MAX_MASKS).astype(int)]
     blob = json.dumps([NOISE_VERSION, source.key, picks, size, noise.kind, noise.seed, target])
     path = Path(cache_dir) / f"noise_level_{hashlib.sha1(blob.encode()).hexdigest()[:16]}.json" if cache_dir else None
     if path is not None and path.exists():
