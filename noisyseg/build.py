@@ -133,8 +133,7 @@ def build_trainer(cfg: DictConfig, arrays: dict[str, dict[str, np.ndarray]], dev
     loss = build_loss(cfg.loss.name, **node_kwargs(cfg.loss))
     method = build_method(cfg.method.name, loss, **node_kwargs(cfg.method))
     streams = build_streams(cfg, method, arrays)
-    if hasattr(method, "set_stream_sizes"):  # a rival drawing expert images at their pooled share
-        method.set_stream_sizes({name: len(stream) for name, stream in streams.items()})
+    method.set_stream_sizes({name: len(stream) for name, stream in streams.items()})
     net = build_model(cfg.model.name, **node_kwargs(cfg.model)).to(device)
     if cfg.trainer.channels_last:
         net = net.to(memory_format=torch.channels_last)  # convolutions then take NHWC inputs as they come

@@ -36,6 +36,10 @@ class Method:
     def batch_sizes(self, batch_size: int) -> dict[str, int]:
         return {name: batch_size for name in self.streams}
 
+    def set_stream_sizes(self, sizes: dict[str, int]) -> None:
+        """Told the number of images in each stream before training (the rivals draw expert images at
+        their pooled share); most methods do not need it."""
+
     def step(self, model: torch.nn.Module, batches: dict[str, Batch], lr: float) -> StepOutput:
         batch = batches["train"]
         return StepOutput(self.loss(model(batch["image"]), batch["mask"]))

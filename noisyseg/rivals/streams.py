@@ -4,7 +4,7 @@ Label correction and sample selection must never touch an expert mask, so every 
 noisy and expert images from two streams and knows which is which without a per-image flag. The
 share of expert images in a batch is ``clean_share``: 0.5 is the balanced half-clean batch; ``None``
 ("pooled") is the expert split's share of noisy + clean, i.e. the pooled baseline's expected
-composition, drawn stratified (``train()`` passes the stream sizes through :meth:`set_stream_sizes`).
+composition, drawn stratified (the build layer passes the stream sizes through :meth:`set_stream_sizes`).
 """
 from __future__ import annotations
 
