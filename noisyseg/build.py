@@ -78,9 +78,10 @@ def noise_report(node: DictConfig, noise: MaskNoise | None, calibration: dict[st
     report = {**node_kwargs(node, drop=()), **calibration, "realised_dice": 1.0}
     if noise is None or not len(ids):
         return report
-    corrupted = np.array([noise.is_corrupted(i) and not noise.is_missing(i) for i in ids])
+    missing = np.array([noise.is_missing(i) for i in ids])
+    corrupted = np.array([noise.is_corrupted(i) for i in ids]) & ~missing
     report.update(level=noise.level, realised_dice=realised_dice(noisy["noisy_masks"], noisy["masks"]),
-                  corrupted_count=int(corrupted.sum()), missing_count=int(sum(noise.is_missing(i) for i in ids)))
+                  corrupted_count=int(corrupted.sum()), missing_count=int(missing.sum()))
     if corrupted.any():
         report["realised_dice_corrupted"] = realised_dice(noisy["noisy_masks"][corrupted], noisy["masks"][corrupted])
     return report
