@@ -13,6 +13,7 @@ custom autograd function has no forward-mode rule, so the ``jvp`` backend cannot
 """
 from __future__ import annotations
 
+import atexit
 import os
 from contextlib import contextmanager
 from typing import Any, Iterator, Optional, Union
@@ -102,7 +103,15 @@ def setup(device: str) -> tuple[int, int, torch.device]:
         torch.cuda.set_device(target)
     if not dist.is_initialized():
         dist.init_process_group("nccl" if cuda else "gloo")
+        # left to the interpreter's exit, the backend's threads can be torn down while still joinable
+        # ("terminate called without an active exception", SIGABRT after a finished run): close it first
+        atexit.register(_close_process_group)
     return dist.get_rank(), dist.get_world_size(), target
+
+
+def _close_process_group() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def data_parallel(net: nn.Module, device: torch.device, world: int) -> nn.Module:
