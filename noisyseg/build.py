@@ -27,8 +27,8 @@ from noisyseg.data.transforms import build_transform
 from noisyseg.distributed import data_parallel
 from noisyseg.engine import Trainer
 from noisyseg.errors import DataError
-from noisyseg.losses import build_loss
-from noisyseg.methods import Method, build_method
+from noisyseg.losses import PixelLoss, build_loss
+from noisyseg.methods import METHODS, Method, build_method
 from noisyseg.models import build_model
 from noisyseg.noise import MaskNoise, realised_dice, target_dice
 from noisyseg.optim import build_optimizer
@@ -37,6 +37,14 @@ from noisyseg.optim import build_optimizer
 def node_kwargs(node: DictConfig, drop: tuple[str, ...] = ("name",)) -> dict[str, Any]:
     """A config group's options as keyword arguments for its plug-in (``name`` dropped)."""
     return {k: v for k, v in OmegaConf.to_container(node, resolve=True, throw_on_missing=True).items() if k not in drop}
+
+
+def method_from_config(cfg: DictConfig, loss: PixelLoss) -> Method:
+    """The method ``cfg.method`` names, with its options: those of the config group the method reads
+    (``Method.options_group``, e.g. ``meta``: one home for ``meta.*``), then the method node's own."""
+    group = METHODS.get(cfg.method.name).options_group
+    options = node_kwargs(cfg[group], drop=()) if group and group in cfg else {}
+    return build_method(cfg.method.name, loss, **options, **node_kwargs(cfg.method))
 
 
 def load_splits(cfg: DictConfig, run_dir: Path, manifest: bool = True
@@ -132,7 +140,7 @@ def build_trainer(cfg: DictConfig, arrays: dict[str, dict[str, np.ndarray]], dev
     them, as ``cfg`` describes; the model is initialised from ``torch``'s current random state."""
     device = torch.device(device)
     loss = build_loss(cfg.loss.name, **node_kwargs(cfg.loss))
-    method = build_method(cfg.method.name, loss, **node_kwargs(cfg.method))
+    method = method_from_config(cfg, loss)
     streams = build_streams(cfg, method, arrays)
     method.set_stream_sizes({name: len(stream) for name, stream in streams.items()})
     net = build_model(cfg.model.name, **node_kwargs(cfg.model)).to(device)

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from noisyseg.errors import ConfigError
 from noisyseg.losses import PixelLoss
 from noisyseg.meta import MetaReweightedLoss
 from noisyseg.registry import Registry
@@ -26,9 +27,11 @@ class StepOutput:
 
 
 class Method:
-    """Base class. ``streams`` maps stream name -> splits pooled into it."""
+    """Base class. ``streams`` maps stream name -> splits pooled into it; ``options_group`` names a
+    top-level config group whose options the method also takes (``meta`` for method=meta)."""
 
     streams: dict[str, tuple[str, ...]] = {"train": ("noisy", "clean")}
+    options_group: str | None = None
 
     def __init__(self, loss: PixelLoss) -> None:
         self.loss = loss
@@ -114,21 +117,40 @@ class MetaReweighted(Method):
 
     The clean batch enters only the meta step, as in the paper, unless ``clean_loss_weight > 0``
     also trains on it. ``lr=None`` uses the optimiser's current learning rate as the virtual step.
+    Its options live in the ``meta`` config group (``options_group``). The variants against the
+    measured failure (docs/methods.md): ``weighting`` and ``normalize="class"`` (see
+    :mod:`noisyseg.meta.weights`), ``clean_batch_size="all"`` (the whole expert set in every meta step,
+    the L2RW reference code's default) and ``bootstrap`` > 0: pixels the meta step zeroes train on the
+    model's own hard prediction with that weight (after IEG, Zhang et al., CVPR 2020) instead of not at all.
     """
 
     streams = {"noisy": ("noisy",), "clean": ("clean",)}
+    options_group = "meta"
 
-    def __init__(self, loss: PixelLoss, backend: str = "jvp", lr: float | None = None, clean_batch_size: int = 16,
-                 normalize: str = "batch", zero_policy: str = "skip", clean_loss_weight: float = 0.0,
-                 params: list[str] | None = None, clean_every: int = 1) -> None:
+    def __init__(self, loss: PixelLoss, backend: str = "jvp", lr: float | None = None,
+                 clean_batch_size: int | str = 16, normalize: str = "batch", zero_policy: str = "skip",
+                 clean_loss_weight: float = 0.0, params: list[str] | None = None, clean_every: int = 1,
+                 weighting: str = "l2rw", center_step: float = 0.5, weight_net_hidden: int = 16,
+                 weight_net_lr: float = 1e-3, bootstrap: float = 0.0) -> None:
         super().__init__(loss)
+        if not (clean_batch_size == "all" or (isinstance(clean_batch_size, int) and clean_batch_size >= 1)):
+            raise ConfigError(f"meta.clean_batch_size={clean_batch_size!r} must be a count >= 1 or 'all'")
         self.meta_lr, self.clean_batch_size, self.clean_loss_weight = lr, clean_batch_size, clean_loss_weight
+        self.bootstrap = bootstrap
         self.meta_loss = MetaReweightedLoss(loss.per_pixel, lr or 0.0, backend, normalize, zero_policy, params=params,
-                                            clean_every=clean_every)
+                                            clean_every=clean_every, weighting=weighting, center_step=center_step,
+                                            weight_net_hidden=weight_net_hidden, weight_net_lr=weight_net_lr)
         self.last: dict[str, torch.Tensor] = {}
+        self.clean_images = 0
+
+    def set_stream_sizes(self, sizes: dict[str, int]) -> None:
+        self.clean_images = sizes.get("clean", 0)
 
     def batch_sizes(self, batch_size: int) -> dict[str, int]:
-        return {"noisy": batch_size, "clean": self.clean_batch_size}
+        if self.clean_batch_size == "all" and not self.clean_images:
+            raise ConfigError("meta.clean_batch_size='all' needs the size of the clean stream (set_stream_sizes)")
+        clean = self.clean_images if self.clean_batch_size == "all" else self.clean_batch_size
+        return {"noisy": batch_size, "clean": clean}
 
     def step(self, model: torch.nn.Module, batches: dict[str, Batch], lr: float) -> StepOutput:
         noisy, clean = batches["noisy"], batches["clean"]
@@ -136,18 +158,32 @@ class MetaReweighted(Method):
                                 lr=self.meta_lr if self.meta_lr is not None else lr)
         self.last = {"image": noisy["image"], "mask": noisy["mask"], "true_mask": noisy["true_mask"], "weights": result.weights}
         loss = result.loss
+        if loss is not None and self.bootstrap > 0:
+            loss = loss + self.bootstrap * self._bootstrap(result)
         if loss is not None and self.clean_loss_weight > 0:
             loss = loss + self.clean_loss_weight * self.loss(model(clean["image"]), clean["mask"])
         return StepOutput(loss, weight_stats(result.weights, noisy["mask"], noisy["true_mask"]))
 
+    def _bootstrap(self, result) -> torch.Tensor:
+        """Σ over zero-weight pixels of the loss against the model's hard prediction, / all pixels."""
+        logits = result.logits
+        predicted = (logits.detach() > 0).to(logits.dtype)
+        zeroed = (result.weights == 0).to(logits.dtype)
+        return (zeroed * self.loss.per_pixel(logits, predicted)).sum() / zeroed.numel()
+
     def state_dict(self) -> dict:
         meta = self.meta_loss  # the reused clean gradient of clean_every > 1 resumes mid-cycle
-        return {"counts": dict(meta.counts), "calls": meta.calls, "clean_gradient": meta.clean_gradient}
+        state = {"counts": dict(meta.counts), "calls": meta.calls, "clean_gradient": meta.clean_gradient}
+        if meta.learned is not None:
+            state["weight_net"] = meta.learned.state_dict()
+        return state
 
     def load_state_dict(self, state: dict) -> None:
         self.meta_loss.counts.update(state.get("counts", {}))
         self.meta_loss.calls = state.get("calls", 0)
         self.meta_loss.clean_gradient = state.get("clean_gradient")
+        if self.meta_loss.learned is not None and "weight_net" in state:
+            self.meta_loss.learned.load_state_dict(state["weight_net"])
 
 
 @torch.no_grad()

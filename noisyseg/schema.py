@@ -32,6 +32,7 @@ from omegaconf.nodes import BooleanNode, IntegerNode, StringNode
 from noisyseg.errors import ConfigError
 from noisyseg.inference.mc import MODES as MC_MODES
 from noisyseg.meta import FORWARD_MODE_BACKENDS, META_BACKENDS, NORMALIZE, ZERO_POLICIES
+from noisyseg.meta.weights import weighting_names
 from noisyseg.models.unet import DROPOUT_POSITIONS, NORMS
 from noisyseg.noise import NAMED_DICE
 from noisyseg.optim import SCHEDULES
@@ -99,12 +100,17 @@ class TrainerConfig:
 class MetaConfig:
     backend: str = MISSING
     lr: Optional[float] = MISSING
-    clean_batch_size: int = MISSING
+    clean_batch_size: Any = MISSING  # a count or "all"
     normalize: str = MISSING
     zero_policy: str = MISSING
     clean_loss_weight: float = MISSING
     params: Optional[List[str]] = MISSING
     clean_every: int = MISSING
+    weighting: str = MISSING
+    center_step: float = MISSING
+    weight_net_hidden: int = MISSING
+    weight_net_lr: float = MISSING
+    bootstrap: float = MISSING
 
 
 # The root is a dict of typed nodes, not a dataclass: experiment files for python -m noisyseg.active add
@@ -218,11 +224,16 @@ RULES: dict[str, Rule] = {
     "trainer.fit_curve_images": at_least(0, integer=True),
     "meta.backend": Rule(lambda v: v in META_BACKENDS, f"one of {', '.join(META_BACKENDS.names())}"),
     "meta.lr": at_least(0, strict=True, null=True),
-    "meta.clean_batch_size": at_least(1, integer=True),
+    "meta.clean_batch_size": Rule(lambda v: v == "all" or (_is_int(v) and v >= 1), "a count >= 1 or 'all'"),
     "meta.normalize": one_of(*NORMALIZE),
     "meta.zero_policy": one_of(*ZERO_POLICIES),
     "meta.clean_loss_weight": at_least(0),
     "meta.clean_every": at_least(1, integer=True),
+    "meta.weighting": Rule(lambda v: v in weighting_names(), f"one of {', '.join(weighting_names())}"),
+    "meta.center_step": at_least(0, strict=True),
+    "meta.weight_net_hidden": at_least(1, integer=True),
+    "meta.weight_net_lr": at_least(0, strict=True),
+    "meta.bootstrap": at_least(0),
     "active.initial": Rule(lambda v: v == "all" or (_is_int(v) and v >= 1), "a count >= 1 or 'all'"),
     "active.rounds": at_least(0, integer=True),
     "active.queries": at_least(1, integer=True),

@@ -47,13 +47,13 @@ from noisyseg.errors import ConfigError, DataError
 from noisyseg.inference.mc import dropout_modules, mc_predict, predict
 from noisyseg.inference.uncertainty import pixel_uncertainty
 from noisyseg.losses import build_loss
-from noisyseg.methods import CleanOnly, Method, build_method
+from noisyseg.methods import CleanOnly, Method
 from noisyseg.metrics import score
 from noisyseg.models import build_model
 from noisyseg.optim import build_optimizer
 from noisyseg.runlog import RunLog, image_grid
 from noisyseg.schema import validate
-from noisyseg.build import build_noise, build_streams, node_kwargs
+from noisyseg.build import build_noise, build_streams, method_from_config, node_kwargs
 from noisyseg.cli import check_resume, hydra_main, resume_command, stop_note
 
 STATE_FORMAT = 1
@@ -143,7 +143,7 @@ class ActiveLoop:
         self.sampler: Sampler = build_sampler(**node_kwargs(self.a.sampler, drop=()))
         self.pseudo: PseudoPolicy = build_pseudo_policy(**node_kwargs(self.a.pseudo, drop=()))
         self.loss = build_loss(cfg.loss.name, **node_kwargs(cfg.loss))
-        self.method: Method = build_method(cfg.method.name, self.loss, **node_kwargs(cfg.method))
+        self.method: Method = method_from_config(cfg, self.loss)
         self.oracle_only = CleanOnly(self.loss)  # rounds without pseudo-labels
         self.config = OmegaConf.to_container(cfg, resolve=True)
         self._new_model()

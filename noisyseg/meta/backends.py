@@ -109,7 +109,8 @@ def _higher(p: _Problem) -> _MetaGrad:
     # higher clones the parameters (copy_initial_weights=False keeps them on the tape) and buffers.
     with higher.innerloop_ctx(p.model, sgd, copy_initial_weights=False) as (fmodel, diffopt):
         with _seeded(p.seeds[0], p.noisy[0].device):
-            losses = _check_map(p.loss_fn(fmodel(p.noisy[0]), p.noisy[1]), p.noisy[0].shape[0])
+            p.noisy_logits = fmodel(p.noisy[0])
+            losses = _check_map(p.loss_fn(p.noisy_logits, p.noisy[1]), p.noisy[0].shape[0])
         eps = torch.zeros_like(losses, requires_grad=True)
         diffopt.step((eps * losses).sum())
         with _seeded(p.seeds[1], p.clean[0].device):

@@ -33,6 +33,7 @@ class _Problem:
     group: Optional[object] = None  # process group of a distributed step, None when local
     params: Optional[tuple[str, ...]] = None  # names/prefixes the virtual step moves; None: all (exact)
     clean_gradient: Optional[dict[str, Optional[Tensor]]] = None  # g by parameter name: given (reused) or set
+    noisy_logits: Optional[Tensor] = None  # the last noisy forward's logits (weightings and bootstrap read them)
 
 
 @dataclass
@@ -84,6 +85,8 @@ def _loss_map(p: _Problem, params: dict[str, Tensor], batch: Batch, seed: int,
     images, masks = batch
     with _seeded(seed, images.device):
         logits = functional_call(p.model, {**params, **(buffers or _buffers(p.model))}, (images,))
+    if batch is p.noisy:
+        p.noisy_logits = logits
     return _check_map(p.loss_fn(logits, masks), images.shape[0])
 
 

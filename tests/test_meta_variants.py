@@ -1,0 +1,155 @@
+"""The meta weighting variants (noisyseg/meta/weights.py, weightnet.py; method options in methods.py):
+each against its definition, every backend against the others, the learned weighting's meta gradient
+against double backward in float64, and the paper's step unchanged."""
+import pytest
+import torch
+
+from noisyseg.errors import ConfigError
+from noisyseg.losses import BCEDiceLoss, BCELoss
+from noisyseg.meta import META_BACKENDS, MetaInputError, MetaReweightedLoss, pixel_weights
+from noisyseg.meta import reweight as meta_reweight
+from noisyseg.meta.weightnet import LearnedWeighting
+from noisyseg.meta.weights import WEIGHTINGS, Pixels, _normalize
+from noisyseg.methods import build_method
+from tests.test_meta import LR, batches, one_thread, tiny_unet  # noqa: F401  (one_thread: autouse fixture)
+
+
+def meta_u(model, loss, noisy, clean, backend="autograd"):
+    torch.manual_seed(7)
+    grad, problem = meta_reweight._meta_gradient(model, loss.per_pixel, noisy, clean, LR, backend)
+    return grad.u, problem
+
+
+def test_the_default_weighting_is_the_papers_step_bit_for_bit():
+    model, (noisy, clean) = tiny_unet(), batches()
+    u, _ = meta_u(model, BCEDiceLoss(), noisy, clean, "jvp")
+    torch.manual_seed(7)
+    w = pixel_weights(model, BCEDiceLoss(), noisy, clean, LR)
+    raw = (-u).clamp_min(0)
+    assert torch.equal(w, raw / raw.sum())
+
+
+@pytest.mark.parametrize("weighting", ["sign", "cosine", "centered"])
+def test_every_backend_gives_the_same_variant_weights(weighting):
+    model, (noisy, clean) = tiny_unet(), batches()
+    ref = None
+    for backend in META_BACKENDS.names():
+        torch.manual_seed(7)
+        w = pixel_weights(model, BCEDiceLoss(), noisy, clean, LR, backend=backend, weighting=weighting)
+        ref = w if ref is None else ref
+        assert (w - ref).abs().max() <= 1e-9 * ref.abs().max(), backend
+    assert ref.sum() == pytest.approx(1.0)
+
+
+def test_sign_and_cosine_follow_their_definitions_for_bce():
+    """For BCE, ∂ℓ/∂z = σ(z) − y: cosine is max(−u / |σ − y|, 0), sign is 1[−u > 0]."""
+    model, (noisy, clean) = tiny_unet(dropout=0.0), batches()
+    u, problem = meta_u(model, BCELoss(), noisy, clean)
+    residual = (torch.sigmoid(problem.noisy_logits.detach()) - noisy[1]).abs()
+    for weighting, raw in (("sign", (u < 0).double()), ("cosine", (-u / (residual + 1e-6)).clamp_min(0))):
+        torch.manual_seed(7)
+        w = pixel_weights(model, BCELoss(), noisy, clean, LR, backend="autograd", weighting=weighting)
+        torch.testing.assert_close(w, raw / raw.sum(), rtol=1e-9, atol=0)
+
+
+def test_centered_weights_keep_each_class_at_uniform_on_average():
+    """Without clipping, each image's class mean of (1 + step · (a − ā_c)/s) is exactly 1, whatever a
+    class-wide bias adds to a; the spread is `step` standard deviations."""
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(2, 1, 8, 8, generator=g, dtype=torch.float64) * 1e-3
+    labels = (torch.rand(2, 1, 8, 8, generator=g) > 0.5).double()
+    biased = a + 5e-3 * labels  # the whole lesion class agrees more: a global bias
+    for agreement in (a, biased):
+        w = WEIGHTINGS.get("centered")(agreement, Pixels(labels, center_step=0.1))
+        assert (w > 0).all()
+        for cls in (labels > 0.5, labels <= 0.5):
+            for i in range(2):
+                assert w[i][cls[i]].mean() == pytest.approx(1.0, abs=1e-12)
+        assert ((w - 1).pow(2).mean((1, 2, 3)).sqrt() == pytest.approx(0.1, abs=1e-12))
+    torch.testing.assert_close(WEIGHTINGS.get("centered")(biased, Pixels(labels, center_step=0.1)),
+                               WEIGHTINGS.get("centered")(a, Pixels(labels, center_step=0.1)))
+
+
+def test_class_normalisation_gives_each_class_its_pixel_share():
+    g = torch.Generator().manual_seed(1)
+    raw = torch.rand(3, 1, 6, 6, generator=g, dtype=torch.float64)
+    labels = (torch.rand(3, 1, 6, 6, generator=g) > 0.7).double()
+    w = _normalize(raw, "class", labels)
+    for i in range(3):
+        for cls in (labels[i] > 0.5, labels[i] <= 0.5):
+            assert w[i][cls].sum() == pytest.approx(cls.sum().item() / (36 * 3))
+    assert w.sum() == pytest.approx(1.0)
+    raw[0][labels[0] > 0.5] = 0  # a class whose weights are all zero keeps zero mass
+    assert _normalize(raw, "class", labels)[0][labels[0] > 0.5].sum() == 0
+
+
+def test_learned_weighting_meta_gradient_is_the_double_backward_of_the_virtual_step():
+    """d/dφ of the first-order change of the clean loss after θ' = θ − α/N Σ w_i(φ) ∇ℓ_i equals
+    1/N Σ_i u_i ∂w_i/∂φ with u from the forward-mode step (float64)."""
+    model, (noisy, clean), loss = tiny_unet(dropout=0.0), batches(), BCELoss()
+    torch.manual_seed(0)
+    learned = LearnedWeighting(hidden=5)
+    torch.nn.init.normal_(learned.net.net[2].weight)  # away from the zero init, so every φ has a gradient
+    learned.net.double()
+    u, problem = meta_u(model, loss, noisy, clean, "jvp")
+    logits = problem.noisy_logits.detach()
+    values = loss.per_pixel(logits, noisy[1])
+    fast = learned.meta_gradient(u, values, logits, noisy[1])
+
+    params = [p for p in model.parameters()]
+    g = torch.autograd.grad(loss.per_pixel(model(clean[0]), clean[1]).mean(), params)
+    losses = loss.per_pixel(model(noisy[0]), noisy[1])
+    weights = learned.net(values, logits, noisy[1])
+    step = torch.autograd.grad((weights * losses).sum() / losses.numel(), params, create_graph=True)
+    change = -LR * sum((s * gi).sum() for s, gi in zip(step, g))  # L_c(θ') − L_c(θ) to first order
+    slow = torch.autograd.grad(change, list(learned.net.parameters()))
+    for a, b in zip(fast, slow):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-15)
+
+
+def test_learned_weighting_trains_resumes_and_refuses_the_stateless_api():
+    model, (noisy, clean) = tiny_unet(torch.float32, dropout=0.0), batches(torch.float32)
+    method = build_method("meta", BCELoss(), weighting="mwn", weight_net_lr=0.05)
+    before = [p.clone() for p in method.meta_loss.learned.net.parameters()]
+    batch = {"noisy": {"image": noisy[0], "mask": noisy[1], "true_mask": noisy[1]},
+             "clean": {"image": clean[0], "mask": clean[1], "true_mask": clean[1]}}
+    out = method.step(model, batch, lr=0.1)
+    assert out.loss is not None and torch.isfinite(out.loss)
+    after = list(method.meta_loss.learned.net.parameters())
+    assert any(not torch.equal(a, b) for a, b in zip(before, after))
+    resumed = build_method("meta", BCELoss(), weighting="mwn", weight_net_lr=0.05)
+    resumed.load_state_dict(method.state_dict())
+    for a, b in zip(resumed.meta_loss.learned.net.parameters(), after):
+        assert torch.equal(a, b)
+    with pytest.raises(MetaInputError, match="MetaReweightedLoss"):
+        pixel_weights(model, BCELoss(), noisy, clean, LR, weighting="mwn")
+    with pytest.raises(MetaInputError, match="weighting='nope'"):
+        MetaReweightedLoss(BCELoss(), LR, weighting="nope")
+
+
+def test_bootstrap_trains_zeroed_pixels_on_the_models_own_prediction():
+    model, (noisy, clean) = tiny_unet(torch.float64, dropout=0.0), batches()
+    batch = {"noisy": {"image": noisy[0], "mask": noisy[1], "true_mask": noisy[1]},
+             "clean": {"image": clean[0], "mask": clean[1], "true_mask": clean[1]}}
+    plain, boot = (build_method("meta", BCELoss(), bootstrap=b) for b in (0.0, 0.5))
+    torch.manual_seed(3)
+    base = plain.step(model, batch, lr=LR)
+    torch.manual_seed(3)
+    out = boot.step(model, batch, lr=LR)
+    weights = boot.last["weights"]
+    assert 0 < (weights == 0).double().mean() < 1
+    with torch.no_grad():
+        logits = model(noisy[0])
+        zeroed = (weights == 0).double()
+        extra = (zeroed * BCELoss().per_pixel(logits, (logits > 0).double())).sum() / zeroed.numel()
+    torch.testing.assert_close(out.loss.detach(), base.loss.detach() + 0.5 * extra, rtol=1e-10, atol=0)
+
+
+def test_the_whole_clean_set_in_every_meta_step():
+    method = build_method("meta", BCELoss(), clean_batch_size="all")
+    with pytest.raises(ConfigError, match="stream"):
+        method.batch_sizes(8)
+    method.set_stream_sizes({"noisy": 100, "clean": 12})
+    assert method.batch_sizes(8) == {"noisy": 8, "clean": 12}
+    with pytest.raises(ConfigError, match="'all'"):
+        build_method("meta", BCELoss(), clean_batch_size=0)
