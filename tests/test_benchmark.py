@@ -63,7 +63,7 @@ def test_slices_move_one_axis_and_skip_noise_free_arms_on_noise_axes():
     commands = run.commands("bench_quick", ["default", "level", "experts"], jobs=2, extra=["data.params.root=/x"])
     arms = [next(a for a in c if a.startswith("arm=")) for c in commands]
     everything = "clean,pooled,balanced,meta,adele_balanced,mtcl,coteach_balanced,oracle"
-    assert arms[0] == f"arm={everything},meta_clean"                                # default point, meta variants too
+    assert arms[0] == f"arm={everything},{','.join(run.META_VARIANTS)}"             # default point, meta variants too
     assert arms[1] == arms[2] == "arm=pooled,balanced,meta,adele_balanced,mtcl,coteach_balanced"  # noise slices
     assert arms[3] == arms[4] == f"arm={everything}"                                # expert-count slices
     assert all("experiment=bench_quick" in c and "data.params.root=/x" in c and "threads=1" in c for c in commands)
@@ -71,3 +71,5 @@ def test_slices_move_one_axis_and_skip_noise_free_arms_on_noise_axes():
     only = run.commands("bench_quick", ["default", "level"], jobs=1, extra=[], only=["clean", "meta"])
     assert [next(a for a in c if a.startswith("arm=")) for c in only] == ["arm=clean,meta", "arm=meta", "arm=meta"]
     assert not any("threads=1" in c for c in only)  # one job: no launcher, no thread cap
+    variant = run.commands("bench_quick", ["level"], jobs=1, extra=[], only=["meta_sign", "balanced"])
+    assert [next(a for a in c if a.startswith("arm=")) for c in variant] == ["arm=balanced,meta_sign"] * 2

@@ -2,6 +2,9 @@
 
     python experiments/benchmark/run.py bench_quick [--jobs 2] [--slices default,level] [--arms meta,balanced] [--set key=value ...]
 
+Without ``--arms``, every slice runs :data:`ARMS` and the default point also the meta variants; ``--arms``
+picks from both on every slice.
+
 Every slice is one Hydra multirun (``python -m noisyseg.train -m experiment=<preset> ...``) over the
 arms and the preset's seeds; finished cells are reused, so an interrupted benchmark continues where it
 stopped. Arms whose result cannot depend on the noise (``clean``: expert images only; ``oracle``: true
@@ -16,7 +19,10 @@ from pathlib import Path
 
 ARMS = ("clean", "pooled", "balanced", "meta", "adele_balanced", "mtcl", "coteach_balanced", "oracle")
 NOISE_FREE = ("clean", "oracle")
-META_VARIANTS = ("meta_clean",)  # candidates for arm=meta_best, compared at the default point only
+# candidates for arm=meta_best (docs/methods.md): run at the default point by default, and on any slice
+# when --arms names them
+META_VARIANTS = ("meta_clean", "meta_sign", "meta_cosine", "meta_centered", "meta_class", "meta_mwn", "meta_boot",
+                 "meta_allclean")
 SLICES: dict[str, list[list[str]]] = {  # one axis at a time around the preset's default point
     "default": [[]],
     "level": [["noise.target_dice=realistic"], ["noise.target_dice=severe"]],
@@ -33,8 +39,9 @@ def commands(preset: str, slices: list[str], jobs: int, extra: list[str], only: 
     launcher = [f"hydra/launcher=joblib", f"hydra.launcher.n_jobs={jobs}", "threads=1"] if jobs > 1 else []
     out = []
     for name in slices:
-        arms = [*ARMS, *META_VARIANTS] if name == "default" else ARMS if name in EXPERT_AXES else [a for a in ARMS if a not in NOISE_FREE]
-        arms = [a for a in arms if only is None or a in only]
+        arms = [*ARMS, *META_VARIANTS] if name == "default" or only else list(ARMS)
+        arms = [a for a in arms if (only is None or a in only) and (name in EXPERT_AXES or a not in NOISE_FREE
+                                                                     or name == "default")]
         if not arms:
             continue
         for overrides in SLICES[name]:
