@@ -10,7 +10,7 @@ from noisyseg.errors import ConfigError
 from noisyseg.registry import Registry
 
 OPTIMIZERS: Registry[Callable[..., torch.optim.Optimizer]] = Registry("optimizer")
-SCHEDULES = ("constant", "cosine")
+SCHEDULES = ("constant", "cosine", "step")
 Params = Iterable[torch.nn.Parameter]
 
 
@@ -33,12 +33,16 @@ def sgd(params: Params, lr: float = 0.01, momentum: float = 0.9, weight_decay: f
 
 
 def lr_factor(step: int, total: int, schedule: str, warmup_steps: int, min_lr_ratio: float) -> float:
-    """Multiplier of the base learning rate at ``step``: linear warm-up, then constant or cosine."""
+    """Multiplier of the base learning rate at ``step``: linear warm-up, then constant, cosine (down to
+    ``min_lr_ratio``) or step (×0.1 after a third and again after two thirds of training, the schedule of
+    Mirikharaji et al.'s released code: milestones at epochs 100 and 200 of 300)."""
     if step < warmup_steps:
         return (step + 1) / warmup_steps
     if schedule == "constant":
         return 1.0
     progress = min(1.0, (step - warmup_steps) / max(1, total - warmup_steps))
+    if schedule == "step":
+        return 0.1 ** ((progress >= 1 / 3) + (progress >= 2 / 3))
     return min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
 

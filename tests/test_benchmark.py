@@ -32,7 +32,9 @@ def fabricate(root: Path, label: str, seed: int, test: float, val: float, target
                "noise": {"realised_dice": 0.78 if target == "annotator_mean" else 0.65},
                "config": {"label": label, "seed": seed, "noise": noise, "method": {"name": label}}}
     (folder / "results.json").write_text(json.dumps(results))
-    rows = ["epoch,noisyset_dice_vs_noisy,noisyset_dice_vs_true"] + [f"{e},{0.6 + 0.1 * e},{0.7 - 0.05 * e}" for e in range(epochs)]
+    ratio = lambda e: f"{0.5 + 0.5 * e}" if label.startswith("meta") else ""  # noqa: E731  (meta arms log it)
+    rows = ["epoch,noisyset_dice_vs_noisy,noisyset_dice_vs_true,train_weight_wrong_right_ratio"] + [
+        f"{e},{0.6 + 0.1 * e},{0.7 - 0.05 * e},{ratio(e)}" for e in range(epochs)]
     (folder / "metrics.csv").write_text("\n".join(rows) + "\n")
 
 
@@ -57,6 +59,10 @@ def test_gap_closed_and_recommendation_on_validation(tmp_path):
     assert "recommended **pooled**, meta_best **meta**" in table  # never the test Dice
     assert "| default (0.78) |" in table and "0.850 ± 0.000 (+50 %)" in table
     assert (tmp_path / "dice_by_regime.png").stat().st_size > 1000 and (tmp_path / "memorisation.png").stat().st_size > 1000
+    assert (tmp_path / "weight_ratio.png").stat().st_size > 1000
+    (epochs, mean), = aggregate._mean_curves(aggregate.collect(tmp_path), "meta", aggregate.default_regime(
+        aggregate.collect(tmp_path)), ("train_weight_wrong_right_ratio",))
+    assert list(epochs) == [0, 1, 2] and list(mean) == [0.5, 1.0, 1.5]
 
 
 def test_slices_move_one_axis_and_skip_noise_free_arms_on_noise_axes():

@@ -73,3 +73,9 @@ def test_train_builds_the_configured_optimiser(monkeypatch, tmp_path):
     with pytest.raises(Built):
         noisyseg.train.train(cfg, tmp_path)
     assert seen.get("name") == "sgd"  # node_kwargs dropped optim.name until session 5: optim=sgd trained Adam
+
+
+def test_step_schedule_divides_by_ten_after_each_third():
+    """The released code of Mirikharaji et al.: MultiStepLR at epochs 100 and 200 of 300, gamma 0.1."""
+    factors = [lr_factor(s, 300, "step", 0, 0.0) for s in (0, 99, 100, 199, 200, 299)]
+    assert factors == pytest.approx([1.0, 1.0, 0.1, 0.1, 0.01, 0.01])

@@ -1,5 +1,5 @@
 """Aggregate a benchmark: run folders -> one table of regimes x arms, the share of the control-to-oracle
-gap each arm closes, the recipe chosen on validation data, and two plots.
+gap each arm closes, the recipe chosen on validation data, and three plots.
 
     python experiments/benchmark/aggregate.py experiments/results/bench_quick
 
@@ -10,7 +10,8 @@ noise slice reuses their runs at the same number of expert images. For every cel
 std over seeds and the share of the gap between the better control (``clean`` or ``balanced``) and
 the ``oracle`` that the arm closes. The recommended recipe is the non-oracle arm with the best mean
 *validation* Dice over all regimes, ``meta_best`` the best meta variant (never the test Dice). Writes ``summary.csv``, ``summary.md``,
-``dice_by_regime.png`` and ``memorisation.png`` next to ``runs/``.
+``dice_by_regime.png``, ``memorisation.png`` and ``weight_ratio.png`` (the meta arms' wrong:right weight
+ratio during training) next to ``runs/``.
 """
 from __future__ import annotations
 
@@ -150,11 +151,7 @@ def markdown(summary: list[dict], regimes: list[tuple], arms: list[str], chosen:
 
 
 def plot_regimes(summary: list[dict], regimes: list[tuple], arms: list[str], default: tuple, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     names = [regime_name(v, default) for v in regimes]
     entry = {(s["arm"], s["regime"]): s for s in summary}
     fig, ax = plt.subplots(figsize=(max(7, 1.3 * len(names)) + 2, 4.5))
@@ -176,21 +173,12 @@ def plot_regimes(summary: list[dict], regimes: list[tuple], arms: list[str], def
 def plot_memorisation(rows: list[dict], default: tuple, path: Path) -> None:
     """Per arm at the default regime: Dice of the model on noisy-set images against their noisy masks
     (solid) and against the truth (dashed), mean over seeds, per epoch."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for k, arm in enumerate(ordered({r["label"] for r in rows}, ORDER)):
-        curves = [_fit_curve(r["run_dir"]) for r in rows if r["label"] == arm and regime(r) == default and r["run_dir"]]
-        curves = [c for c in curves if c is not None]
-        if not curves:
-            continue
-        length = min(len(c[0]) for c in curves)
-        for column, style in ((1, "-"), (2, "--")):
-            mean = np.mean([c[column][:length] for c in curves], axis=0)
-            ax.plot(curves[0][0][:length], mean, style, color=f"C{k}", label=f"{arm} vs {'noisy' if column == 1 else 'true'}")
+        curves = _mean_curves(rows, arm, default, ("noisyset_dice_vs_noisy", "noisyset_dice_vs_true"))
+        for (epochs, mean), style, versus in zip(curves, ("-", "--"), ("noisy", "true")):
+            ax.plot(epochs, mean, style, color=f"C{k}", label=f"{arm} vs {versus}")
     ax.set(xlabel="epoch", ylabel="Dice on noisy-set images",
            title="Fit of the noisy set: vs its noisy masks (solid) and the truth (dashed)")
     ax.grid(alpha=0.3)
@@ -200,15 +188,55 @@ def plot_memorisation(rows: list[dict], default: tuple, path: Path) -> None:
     plt.close(fig)
 
 
-def _fit_curve(run_dir: str) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+def plot_weight_ratio(rows: list[dict], default: tuple, path: Path) -> None:
+    """Per meta arm at the default regime: the mean weight of wrong-label pixels over that of right ones
+    during training (per-epoch mean of the steps, mean over seeds); below 1, the weights tell them apart."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    drawn = False
+    for k, arm in enumerate(ordered({r["label"] for r in rows}, ORDER)):
+        for epochs, mean in _mean_curves(rows, arm, default, ("train_weight_wrong_right_ratio",)):
+            ax.plot(epochs, mean, marker="o", color=f"C{k}", label=arm)
+            drawn = True
+    if drawn:
+        ax.axhline(1.0, color="grey", linestyle=":")
+        ax.set(xlabel="epoch", ylabel="wrong:right mean weight", yscale="log",
+               title="Meta weights of wrong-label pixels over right ones (< 1: told apart)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, ncol=2)
+        fig.tight_layout()
+        fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _mean_curves(rows: list[dict], arm: str, default: tuple, columns: tuple[str, ...]) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(epochs, mean over seeds) per column of ``metrics.csv`` for ``arm`` at the default regime; [] if none."""
+    curves = [_curve(r["run_dir"], columns) for r in rows if r["label"] == arm and regime(r) == default and r["run_dir"]]
+    curves = [c for c in curves if c is not None]
+    if not curves:
+        return []
+    length = min(len(c[0]) for c in curves)
+    return [(curves[0][0][:length], np.mean([c[k][:length] for c in curves], axis=0)) for k in range(1, len(columns) + 1)]
+
+
+def _curve(run_dir: str, columns: tuple[str, ...]) -> tuple[np.ndarray, ...] | None:
     path = Path(run_dir) / "metrics.csv"
     if not path.exists():
         return None
     with open(path) as f:
-        rows = [r for r in csv.DictReader(f) if r.get("noisyset_dice_vs_noisy")]
+        rows = [r for r in csv.DictReader(f) if all(r.get(c) for c in columns)]
     if not rows:
         return None
-    return tuple(np.array([float(r[c]) for r in rows]) for c in ("epoch", "noisyset_dice_vs_noisy", "noisyset_dice_vs_true"))
+    return tuple(np.array([float(r[c]) for r in rows]) for c in ("epoch", *columns))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -219,6 +247,7 @@ def main(argv: list[str] | None = None) -> None:
     (root / "summary.md").write_text(markdown(summary, regimes, arms, chosen, default))
     plot_regimes(summary, regimes, arms, default, root / "dice_by_regime.png")
     plot_memorisation(rows, default, root / "memorisation.png")
+    plot_weight_ratio(rows, default, root / "weight_ratio.png")
     print((root / "summary.md").read_text())
 
 
