@@ -78,9 +78,9 @@ def _make_step(method: str, model: torch.nn.Module, noisy, clean, amp: bool = Fa
             loss.backward()
             opt.step()
         return step
-    backend, params, every = _parse(method)
+    backend, params, every, weighting = _parse(method)
     meta = MetaReweightedLoss(loss_fn, LR, backend=backend, zero_policy="uniform", params=params,  # always a backward
-                              clean_every=every)
+                              clean_every=every, weighting=weighting)
 
     def step() -> None:
         for _ in range(every):
@@ -94,12 +94,15 @@ def _make_step(method: str, model: torch.nn.Module, noisy, clean, amp: bool = Fa
     return step
 
 
-def _parse(method: str) -> tuple[str, list[str] | None, int]:
-    """``"jvp[head]"`` -> ("jvp", ["head"], 1): the virtual step moves only the head (meta.params);
-    ``"jvp@4"`` -> ("jvp", None, 4): the clean gradient reused for 4 steps (meta.clean_every)."""
+def _parse(method: str) -> tuple[str, list[str] | None, int, str]:
+    """``"jvp[head]"`` -> ("jvp", ["head"], 1, "l2rw"): the virtual step moves only the head (meta.params);
+    ``"jvp@4"`` -> ("jvp", None, 4, "l2rw"): the clean gradient reused for 4 steps (meta.clean_every);
+    ``"jvp:mwn"`` -> ("jvp", None, 1, "mwn"): another weighting (meta.weighting)."""
+    method, _, weighting = method.partition(":")
     method, _, every = method.partition("@")
     backend, _, restricted = method.partition("[")
-    return backend, restricted.rstrip("]").split("+") if restricted else None, int(every) if every else 1
+    return (backend, restricted.rstrip("]").split("+") if restricted else None, int(every) if every else 1,
+            weighting or "l2rw")
 
 
 def _time(args, methods, size, batch, device, repeats, warmup, desc):
@@ -346,7 +349,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--backends", default="", help="comma-separated meta backends, 'backend[p1+p2]' for a virtual step "
                    "on parameters p1, p2 only, 'backend@k' for the clean gradient reused over k steps (default: all "
-                   "registered, plus jvp[head], jvp_ad[head], jvp@2 and jvp@4)")
+                   "registered, plus jvp[head], jvp_ad[head], jvp@2 and jvp@4); 'backend:weighting' for a meta.weighting "
+                   "variant, e.g. jvp:sign, jvp:mwn")
     p.add_argument("--scaling", action="store_true", help="also sizes 64/128/256 and batches 4/8/16, plotted")
     p.add_argument("--scaling-repeats", type=int, default=3, help="timed rounds per scaling point")
     p.add_argument("--plot", default="bench_meta_scaling.png", help="PNG for --scaling")
