@@ -95,12 +95,13 @@ def noise_report(node: DictConfig, noise: MaskNoise | None, calibration: dict[st
     return report
 
 
-def _stream_dataset(arrays: dict[str, dict[str, np.ndarray]], splits: tuple[str, ...], transform) -> SegmentationDataset:
+def _stream_dataset(arrays: dict[str, dict[str, np.ndarray]], splits: tuple[str, ...], transform,
+                    origin: bool = False) -> SegmentationDataset:
     parts = [arrays[s] for s in splits]
     images = np.concatenate([p["images"] for p in parts])
     true = np.concatenate([p["masks"] for p in parts])
     target = np.concatenate([p.get("noisy_masks", p["masks"]) for p in parts])  # what the learner sees
-    return SegmentationDataset(images, {"mask": target, "true_mask": true}, transform)
+    return SegmentationDataset(images, {"mask": target, "true_mask": true}, transform, origin)
 
 
 def build_streams(cfg: DictConfig, method, arrays) -> dict[str, SegmentationDataset]:
@@ -109,7 +110,7 @@ def build_streams(cfg: DictConfig, method, arrays) -> dict[str, SegmentationData
     for name, splits in method.streams.items():
         if sum(len(arrays[s]["images"]) for s in splits) == 0:
             raise DataError(f"method={cfg.method.name} trains on the {'+'.join(splits)} split(s), which are empty; check data.split")
-        streams[name] = _stream_dataset(arrays, splits, transform)
+        streams[name] = _stream_dataset(arrays, splits, transform, origin=name in method.origin_streams)
     return streams
 
 

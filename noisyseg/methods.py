@@ -13,6 +13,7 @@ import torch
 from noisyseg.errors import ConfigError
 from noisyseg.losses import PixelLoss
 from noisyseg.meta import MetaReweightedLoss
+from noisyseg.meta.memory import WeightMemory
 from noisyseg.registry import Registry
 
 METHODS: Registry = Registry("method")
@@ -28,10 +29,12 @@ class StepOutput:
 
 class Method:
     """Base class. ``streams`` maps stream name -> splits pooled into it; ``options_group`` names a
-    top-level config group whose options the method also takes (``meta`` for method=meta)."""
+    top-level config group whose options the method also takes (``meta`` for method=meta);
+    ``origin_streams`` the streams whose items carry each pixel's index in the un-augmented image."""
 
     streams: dict[str, tuple[str, ...]] = {"train": ("noisy", "clean")}
     options_group: str | None = None
+    origin_streams: tuple[str, ...] = ()  # streams whose batches carry ``origin`` maps (per-pixel state)
 
     def __init__(self, loss: PixelLoss) -> None:
         self.loss = loss
@@ -121,7 +124,9 @@ class MetaReweighted(Method):
     measured failure (docs/methods.md): ``weighting`` and ``normalize="class"`` (see
     :mod:`noisyseg.meta.weights`), ``clean_batch_size="all"`` (the whole expert set in every meta step,
     the L2RW reference code's default) and ``bootstrap`` > 0: pixels the meta step zeroes train on the
-    model's own hard prediction with that weight (after IEG, Zhang et al., CVPR 2020) instead of not at all.
+    model's own hard prediction with that weight (after IEG, Zhang et al., CVPR 2020) instead of not at all;
+    ``memory`` m in [0, 1): weights kept per image in image coordinates and averaged over visits
+    (:mod:`noisyseg.meta.memory`), frozen after ``memory_freeze_after`` steps (then no meta step is run).
     """
 
     streams = {"noisy": ("noisy",), "clean": ("clean",)}
@@ -131,8 +136,16 @@ class MetaReweighted(Method):
                  clean_batch_size: int | str = 16, normalize: str = "batch", zero_policy: str = "skip",
                  clean_loss_weight: float = 0.0, params: list[str] | None = None, clean_every: int = 1,
                  weighting: str = "l2rw", center_step: float = 0.5, weight_net_hidden: int = 16,
-                 weight_net_lr: float = 1e-3, bootstrap: float = 0.0) -> None:
+                 weight_net_lr: float = 1e-3, bootstrap: float = 0.0, memory: float | None = None,
+                 memory_freeze_after: int | None = None) -> None:
         super().__init__(loss)
+        if memory is not None and not 0 <= memory < 1:
+            raise ConfigError(f"meta.memory={memory} must be null (off) or in [0, 1)")
+        if memory_freeze_after is not None and (memory is None or memory_freeze_after < 1):
+            raise ConfigError("meta.memory_freeze_after needs meta.memory and a step count >= 1")
+        self.memory_options = (memory, memory_freeze_after)
+        self.memory: WeightMemory | None = None  # made at the first step, when the image size is known
+        self.origin_streams = ("noisy",) if memory is not None else ()
         if not (clean_batch_size == "all" or (isinstance(clean_batch_size, int) and clean_batch_size >= 1)):
             raise ConfigError(f"meta.clean_batch_size={clean_batch_size!r} must be a count >= 1 or 'all'")
         self.meta_lr, self.clean_batch_size, self.clean_loss_weight = lr, clean_batch_size, clean_loss_weight
@@ -141,10 +154,17 @@ class MetaReweighted(Method):
                                             clean_every=clean_every, weighting=weighting, center_step=center_step,
                                             weight_net_hidden=weight_net_hidden, weight_net_lr=weight_net_lr)
         self.last: dict[str, torch.Tensor] = {}
-        self.clean_images = 0
+        self.clean_images = self.noisy_images = 0
 
     def set_stream_sizes(self, sizes: dict[str, int]) -> None:
-        self.clean_images = sizes.get("clean", 0)
+        self.clean_images, self.noisy_images = sizes.get("clean", 0), sizes.get("noisy", 0)
+
+    def _remember(self, noisy: Batch) -> None:
+        """Make the weight memory at the first step: one map per noisy image, of the batch's pixel count."""
+        if self.memory is None and self.memory_options[0] is not None:
+            if "origin" not in noisy:
+                raise ConfigError("meta.memory needs batches with origin maps (the build layer adds them)")
+            self.memory = WeightMemory(self.noisy_images, noisy["origin"][0].numel(), *self.memory_options)
 
     def batch_sizes(self, batch_size: int) -> dict[str, int]:
         if self.clean_batch_size == "all" and not self.clean_images:
@@ -154,21 +174,29 @@ class MetaReweighted(Method):
 
     def step(self, model: torch.nn.Module, batches: dict[str, Batch], lr: float) -> StepOutput:
         noisy, clean = batches["noisy"], batches["clean"]
-        result = self.meta_loss(model, (noisy["image"], noisy["mask"]), (clean["image"], clean["mask"]),
-                                lr=self.meta_lr if self.meta_lr is not None else lr)
-        self.last = {"image": noisy["image"], "mask": noisy["mask"], "true_mask": noisy["true_mask"], "weights": result.weights}
-        loss = result.loss
+        self._remember(noisy)
+        if self.memory is not None and self.memory.frozen:  # remembered weights only: no meta step
+            logits = model(noisy["image"])
+            weights = self.memory.recall(noisy["index"], noisy["origin"]).to(logits.dtype)
+            loss: torch.Tensor | None = (weights * self.loss.per_pixel(logits, noisy["mask"])).sum()
+        else:
+            result = self.meta_loss(model, (noisy["image"], noisy["mask"]), (clean["image"], clean["mask"]),
+                                    lr=self.meta_lr if self.meta_lr is not None else lr)
+            loss, weights, logits = result.loss, result.weights, result.logits
+            if self.memory is not None and result.status == "ok":
+                weights = self.memory.update(noisy["index"], noisy["origin"], weights).to(weights.dtype)
+                loss = (weights * self.loss.per_pixel(logits, noisy["mask"])).sum()
+        self.last = {"image": noisy["image"], "mask": noisy["mask"], "true_mask": noisy["true_mask"], "weights": weights}
         if loss is not None and self.bootstrap > 0:
-            loss = loss + self.bootstrap * self._bootstrap(result)
+            loss = loss + self.bootstrap * self._bootstrap(logits, weights)
         if loss is not None and self.clean_loss_weight > 0:
             loss = loss + self.clean_loss_weight * self.loss(model(clean["image"]), clean["mask"])
-        return StepOutput(loss, weight_stats(result.weights, noisy["mask"], noisy["true_mask"]))
+        return StepOutput(loss, weight_stats(weights, noisy["mask"], noisy["true_mask"]))
 
-    def _bootstrap(self, result) -> torch.Tensor:
+    def _bootstrap(self, logits: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
         """Σ over zero-weight pixels of the loss against the model's hard prediction, / all pixels."""
-        logits = result.logits
         predicted = (logits.detach() > 0).to(logits.dtype)
-        zeroed = (result.weights == 0).to(logits.dtype)
+        zeroed = (weights == 0).to(logits.dtype)
         return (zeroed * self.loss.per_pixel(logits, predicted)).sum() / zeroed.numel()
 
     def state_dict(self) -> dict:
@@ -176,6 +204,8 @@ class MetaReweighted(Method):
         state = {"counts": dict(meta.counts), "calls": meta.calls, "clean_gradient": meta.clean_gradient}
         if meta.learned is not None:
             state["weight_net"] = meta.learned.state_dict()
+        if self.memory is not None:
+            state["memory"] = self.memory.state_dict()
         return state
 
     def load_state_dict(self, state: dict) -> None:
@@ -184,6 +214,10 @@ class MetaReweighted(Method):
         self.meta_loss.clean_gradient = state.get("clean_gradient")
         if self.meta_loss.learned is not None and "weight_net" in state:
             self.meta_loss.learned.load_state_dict(state["weight_net"])
+        if "memory" in state and self.memory_options[0] is not None:
+            values = state["memory"]["values"]
+            self.memory = WeightMemory(values.shape[0], values.shape[1], *self.memory_options)
+            self.memory.load_state_dict(state["memory"])
 
 
 @torch.no_grad()

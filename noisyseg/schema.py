@@ -111,6 +111,8 @@ class MetaConfig:
     weight_net_hidden: int = MISSING
     weight_net_lr: float = MISSING
     bootstrap: float = MISSING
+    memory: Optional[float] = MISSING
+    memory_freeze_after: Optional[int] = MISSING
 
 
 # The root is a dict of typed nodes, not a dataclass: experiment files for python -m noisyseg.active add
@@ -234,6 +236,8 @@ RULES: dict[str, Rule] = {
     "meta.weight_net_hidden": at_least(1, integer=True),
     "meta.weight_net_lr": at_least(0, strict=True),
     "meta.bootstrap": at_least(0),
+    "meta.memory": Rule(lambda v: v is None or (_is_num(v) and 0 <= v < 1), "null or in [0, 1)"),
+    "meta.memory_freeze_after": at_least(1, integer=True, null=True),
     "active.initial": Rule(lambda v: v == "all" or (_is_int(v) and v >= 1), "a count >= 1 or 'all'"),
     "active.rounds": at_least(0, integer=True),
     "active.queries": at_least(1, integer=True),

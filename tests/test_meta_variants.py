@@ -153,3 +153,60 @@ def test_the_whole_clean_set_in_every_meta_step():
     assert method.batch_sizes(8) == {"noisy": 8, "clean": 12}
     with pytest.raises(ConfigError, match="'all'"):
         build_method("meta", BCELoss(), clean_batch_size=0)
+
+
+def test_weight_memory_undoes_flips_and_rotations_exactly():
+    """A weight written through an augmented view lands on the same image pixel as seen un-augmented."""
+    import albumentations as A
+    import numpy as np
+
+    from noisyseg.data.dataset import SegmentationDataset
+    from noisyseg.meta.memory import WeightMemory
+
+    images = np.zeros((2, 4, 4, 3), np.uint8)
+    maps = {"mask": np.zeros((2, 4, 4), np.uint8)}
+    plain = SegmentationDataset(images, maps, origin=True)
+    turned = SegmentationDataset(images, maps, A.Compose([A.HorizontalFlip(p=1), A.RandomRotate90(p=1)]), origin=True)
+    identity, view = plain[1]["origin"][None], turned[(1, 5)]["origin"][None]
+    assert not torch.equal(identity, view) and sorted(view.flatten().tolist()) == list(range(16))
+    memory = WeightMemory(images=2, pixels=16, momentum=0.0)
+    weights = torch.arange(16.0).reshape(1, 1, 4, 4)  # a weight per augmented pixel
+    memory.update(torch.tensor([1]), view, weights / weights.sum())
+    back = memory.recall(torch.tensor([1]), view, total=weights.sum())
+    torch.testing.assert_close(back, weights)  # read through the same view: the same weights
+    stored = memory.recall(torch.tensor([1]), identity, total=weights.sum())
+    for k in range(16):  # the pixel shown at augmented position k came from image pixel view[k]
+        assert stored.flatten()[int(view.flatten()[k])] == weights.flatten()[k]
+
+
+def test_weight_memory_averages_visits_and_freezes():
+    from noisyseg.meta.memory import WeightMemory
+
+    memory = WeightMemory(images=1, pixels=4, momentum=0.5, freeze_after=2)
+    index, origin = torch.tensor([0]), torch.arange(4.0).reshape(1, 1, 2, 2)
+    first, second = torch.tensor([1.0, 0, 0, 1]).reshape(1, 1, 2, 2), torch.tensor([1.0, 1, 0, 0]).reshape(1, 1, 2, 2)
+    memory.update(index, origin, first / 2)
+    out = memory.update(index, origin, second / 2)
+    relative = 0.5 * first * 2 + 0.5 * second * 2  # stored relative weights: [2, 1, 0, 1]
+    torch.testing.assert_close(out, relative / relative.sum())
+    assert memory.frozen
+    torch.testing.assert_close(memory.update(index, origin, first / 2), out)  # frozen: unchanged
+
+
+def test_meta_memory_trains_through_the_build_layer_and_resumes(tmp_path):
+    from noisyseg.build import build_data, build_trainer
+    from noisyseg.config import compose
+
+    cfg = compose("debug=fast", "method=meta", "meta.memory=0.5", "meta.memory_freeze_after=2", "trainer.progress=false",
+                  f"cache_dir={tmp_path / 'cache'}")
+    arrays, _ = build_data(cfg, tmp_path)
+    parts = build_trainer(cfg, arrays)
+    assert "origin" in parts.streams["noisy"][0]
+    parts.trainer.train_epoch(0)
+    method = parts.method
+    assert method.memory is not None and method.memory.frozen and method.memory.seen.any()
+    resumed = build_method("meta", BCELoss(), memory=0.5, memory_freeze_after=2)
+    resumed.load_state_dict(method.state_dict())
+    assert torch.equal(resumed.memory.values, method.memory.values) and resumed.memory.frozen
+    with pytest.raises(ConfigError, match="memory"):
+        build_method("meta", BCELoss(), memory_freeze_after=3)

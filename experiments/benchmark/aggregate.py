@@ -27,7 +27,7 @@ from noisyseg.sweep import ordered, read_sweep
 
 ORDER = ["clean", "pooled", "balanced", "meta", "meta_clean", "meta_sign", "meta_cosine", "meta_centered", "meta_class",
          "meta_mwn", "meta_boot", "meta_allclean", "meta_sign_pure", "meta_sign_class", "meta_sign_boot",
-         "meta_sign_allclean", "adele", "adele_balanced", "mtcl", "mtcl_pooled",
+         "meta_sign_allclean", "meta_memory", "adele", "adele_balanced", "mtcl", "mtcl_pooled",
          "coteach", "coteach_balanced", "jocor", "oracle"]
 CONTROLS, ORACLE, NOISE_FREE = ("clean", "balanced"), "oracle", ("clean", "oracle")
 AXES = ("kind", "target", "fraction", "missing", "experts")

@@ -25,13 +25,18 @@ class SegmentationDataset(Dataset):
         images: uint8 ``[N, H, W, 3]``.
         maps: name -> uint8/float ``[N, H, W]`` (e.g. ``mask``, ``true_mask``).
         transform: an albumentations pipeline applied to the image and all maps with one draw.
+        origin: also emit ``origin``, each pixel's flat index in the un-augmented image (the map of
+            indices goes through the same draw, with the nearest-neighbour interpolation of masks), so
+            per-pixel state can be kept in image coordinates: exact for flips and 90° rotations.
     """
 
-    def __init__(self, images: np.ndarray, maps: dict[str, np.ndarray], transform=None) -> None:
+    def __init__(self, images: np.ndarray, maps: dict[str, np.ndarray], transform=None, origin: bool = False) -> None:
         for name, array in maps.items():
             if array.shape != images.shape[:3]:
                 raise ValueError(f"map {name!r} has shape {array.shape}, images {images.shape[:3]}")
-        self.images, self.maps, self.transform = images, maps, transform
+        if origin and images.shape[1] * images.shape[2] > 2**24:
+            raise ValueError(f"origin maps are float32: images of {images.shape[1]}x{images.shape[2]} have too many pixels")
+        self.images, self.maps, self.transform, self.origin = images, maps, transform, origin
 
     def __len__(self) -> int:
         return len(self.images)
@@ -39,7 +44,12 @@ class SegmentationDataset(Dataset):
     def __getitem__(self, item: int | tuple[int, int]) -> dict[str, torch.Tensor | int]:
         index, seed = item if isinstance(item, tuple) else (item, None)
         names = list(self.maps)
-        image, maps = apply_transform(self.transform, self.images[index], [self.maps[n][index] for n in names], seed)
+        arrays = [self.maps[n][index] for n in names]
+        if self.origin:
+            height, width = self.images.shape[1:3]
+            names.append("origin")
+            arrays.append(np.arange(height * width, dtype=np.float32).reshape(height, width))
+        image, maps = apply_transform(self.transform, self.images[index], arrays, seed)
         sample: dict[str, torch.Tensor | int] = {"image": to_tensor(image), "index": index}
         for name, array in zip(names, maps):
             sample[name] = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))[None]
