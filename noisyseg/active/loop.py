@@ -39,21 +39,16 @@ from noisyseg.atomic import prepare_run_dir, write_csv, write_image, write_json
 from noisyseg.checkpoint import load_checkpoint, save_checkpoint
 from noisyseg.data.cache import load_arrays
 from noisyseg.data.dataset import SegmentationDataset, to_tensor
-from noisyseg.data.sources import build_source
-from noisyseg.data.splits import make_splits, save_manifest
-from noisyseg.distributed import barrier, data_parallel, gather, is_main, main_first, setup
-from noisyseg.engine import Trainer, epoch_seed, evaluate
+from noisyseg.distributed import barrier, gather, is_main, main_first, setup
+from noisyseg.engine import epoch_seed, evaluate
 from noisyseg.errors import ConfigError, DataError
 from noisyseg.inference.mc import dropout_modules, mc_predict, predict
 from noisyseg.inference.uncertainty import pixel_uncertainty
-from noisyseg.losses import build_loss
-from noisyseg.methods import CleanOnly, Method, build_method
+from noisyseg.methods import CleanOnly, Method
 from noisyseg.metrics import score
-from noisyseg.models import build_model
-from noisyseg.optim import build_optimizer
 from noisyseg.runlog import RunLog, image_grid
 from noisyseg.schema import validate
-from noisyseg.build import build_noise, build_streams, node_kwargs
+from noisyseg.build import build_model_parts, build_noise, build_run_method, build_streams, make_trainer, node_kwargs, split_source
 from noisyseg.cli import check_resume, hydra_main, resume_command, stop_note
 
 STATE_FORMAT = 1
@@ -80,10 +75,7 @@ class Pool:
 
 
 def _load_data(cfg: DictConfig, run_dir: Path, main: bool) -> tuple[Pool, dict[str, SegmentationDataset], dict[str, np.ndarray]]:
-    source = build_source(cfg.data.name, **node_kwargs(cfg.data.params, drop=()))
-    splits = make_splits(source.ids, cfg.seed, **node_kwargs(cfg.data.split, drop=()), official=source.official)
-    if main:
-        save_manifest(run_dir / "splits.json", splits)
+    source, splits = split_source(cfg, run_dir, manifest=main)
     train_ids = splits["clean"] + splits["noisy"] + splits["pool"]  # active learning labels these itself
     show = cfg.trainer.progress
     noise, _ = build_noise(cfg.noise, source, train_ids, cfg.data.size, cfg.cache_dir)  # the oracle's noise
@@ -142,9 +134,8 @@ class ActiveLoop:
             self.a.finetune or self.full) else self.a.epochs
         self.sampler: Sampler = build_sampler(**node_kwargs(self.a.sampler, drop=()))
         self.pseudo: PseudoPolicy = build_pseudo_policy(**node_kwargs(self.a.pseudo, drop=()))
-        self.loss = build_loss(cfg.loss.name, **node_kwargs(cfg.loss))
-        self.method: Method = build_method(cfg.method.name, self.loss, **node_kwargs(cfg.method))
-        self.oracle_only = CleanOnly(self.loss)  # rounds without pseudo-labels
+        self.method: Method = build_run_method(cfg)
+        self.oracle_only = CleanOnly(self.method.loss)  # rounds without pseudo-labels
         self.config = OmegaConf.to_container(cfg, resolve=True)
         self._new_model()
         _check_mc(cfg, self.sampler, self.net)
@@ -159,10 +150,8 @@ class ActiveLoop:
     # -- model and training ------------------------------------------------------------------
     def _new_model(self) -> None:
         torch.manual_seed(self.cfg.seed)  # initialisation, also for a retrain from scratch
-        self.net = build_model(self.cfg.model.name, **node_kwargs(self.cfg.model)).to(self.device)
-        self.model = data_parallel(self.net, self.device, self.world)  # trains; self.net evaluates
-        self.optimizer, self.scheduler = build_optimizer(
-            self.net.parameters(), self.schedule_epochs * self.cfg.trainer.steps_per_epoch, **node_kwargs(self.cfg.optim, drop=()))
+        self.parts = build_model_parts(self.cfg, self.device, self.world, self.schedule_epochs)
+        self.net = self.parts.net  # evaluates; self.parts.model trains
 
     def _streams_and_method(self, pseudo_masks: np.ndarray) -> tuple[Method, dict]:
         labeled = sorted(self.labeled, key=self.pool.index.get)
@@ -179,10 +168,7 @@ class ActiveLoop:
 
     def _train(self, epochs: int, pseudo_masks: np.ndarray) -> None:
         method, streams = self._streams_and_method(pseudo_masks)
-        t = self.cfg.trainer
-        trainer = Trainer(self.model, method, streams, self.optimizer, self.scheduler, self.device, self.cfg.seed,
-                          t.batch_size, t.steps_per_epoch, t.num_workers, t.grad_clip, t.progress, t.amp, self.counters,
-                          self.rank, self.world)
+        trainer = make_trainer(self.cfg, method, streams, self.parts, self.device, self.rank, self.world, self.counters)
         for _ in range(epochs):
             logs = trainer.train_epoch(self.epoch)
             self.epochs.append({"round": len(self.history), "epoch": self.epoch, "step": self.counters["steps"],
@@ -281,8 +267,8 @@ class ActiveLoop:
     def _state(self) -> dict[str, Any]:
         return {"format": STATE_FORMAT, "round": len(self.history) - 1, "labeled": dict(self.labeled),
                 "pseudo": list(self.pseudo_ids), "history": self.history, "epochs": self.epochs, "epoch": self.epoch,
-                "counters": dict(self.counters), "model": self.net.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "scheduler": self.scheduler.state_dict(), "method": self.method.state_dict(), "config": self.config}
+                "counters": dict(self.counters), "model": self.net.state_dict(), "optimizer": self.parts.optimizer.state_dict(),
+                "scheduler": self.parts.scheduler.state_dict(), "method": self.method.state_dict(), "config": self.config}
 
     def _restore(self, path: Path) -> None:
         state = load_checkpoint(path, self.device)
@@ -291,8 +277,8 @@ class ActiveLoop:
         self.history, self.epochs, self.epoch = state["history"], state["epochs"], state["epoch"]
         self.counters.update(state["counters"])
         self.net.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
+        self.parts.optimizer.load_state_dict(state["optimizer"])
+        self.parts.scheduler.load_state_dict(state["scheduler"])
         self.method.load_state_dict(state["method"])
 
     def _save(self, log: RunLog) -> None:
