@@ -36,9 +36,12 @@ from typing import Callable
 import torch
 
 from noisyseg.device import resolve_device, synchronize
+from noisyseg.inference import MODES, image_scores, mc_predict
 from noisyseg.losses import BCELoss
 from noisyseg.meta import META_BACKENDS, MetaReweightedLoss
 from noisyseg.models import UNet
+from noisyseg.models.unet import DROPOUT_POSITIONS
+from noisyseg.progress import progress_bar
 
 LR = 0.01
 APPROXIMATIONS = ["jvp[head]", "jvp_ad[head]", "jvp@2", "jvp@4"]  # meta.params=[head]: a virtual step on the
@@ -106,8 +109,6 @@ def _parse(method: str) -> tuple[str, list[str] | None, int, str]:
 
 
 def _time(args, methods, size, batch, device, repeats, warmup, desc):
-    from noisyseg.progress import progress_bar
-
     model, noisy, clean = _setup(args, size, batch, device)
     steps = {m: _make_step(m, model, noisy, clean, args.amp) for m in methods}
     wall = {m: [] for m in methods}
@@ -274,9 +275,6 @@ def _same(check: dict) -> str:
 
 
 def mc_main(args: argparse.Namespace) -> dict:
-    from noisyseg.inference import MODES, image_scores, mc_predict
-    from noisyseg.models.unet import DROPOUT_POSITIONS
-
     if args.threads:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)

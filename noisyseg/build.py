@@ -7,6 +7,10 @@ optimiser, trainer). Used by ``train()``, the active-learning loop, ``predict`` 
     cfg = compose("data.size=32", "debug=fast")
     arrays, noise = build_data(cfg, run_dir="runs/nb", manifest=False)
     parts = build_trainer(cfg, arrays)          # parts.trainer.train_epoch(0), parts.net, ...
+
+:func:`build_trainer` is made of three pieces that a caller with its own data schedule (the active-learning
+loop: one method and model for all rounds, new streams each round) uses directly: :func:`build_run_method`,
+:func:`build_model_parts` and :func:`make_trainer`, the one place a :class:`Trainer` is constructed.
 """
 from __future__ import annotations
 
@@ -39,18 +43,9 @@ def node_kwargs(node: DictConfig, drop: tuple[str, ...] = ("name",)) -> dict[str
     return {k: v for k, v in OmegaConf.to_container(node, resolve=True, throw_on_missing=True).items() if k not in drop}
 
 
-def method_from_config(cfg: DictConfig, loss: PixelLoss) -> Method:
-    """The method ``cfg.method`` names, with its options: those of the config group the method reads
-    (``Method.options_group``, e.g. ``meta``: one home for ``meta.*``), then the method node's own."""
-    group = METHODS.get(cfg.method.name).options_group
-    options = node_kwargs(cfg[group], drop=()) if group and group in cfg else {}
-    return build_method(cfg.method.name, loss, **options, **node_kwargs(cfg.method))
-
-
-def load_splits(cfg: DictConfig, run_dir: Path, manifest: bool = True
-                ) -> tuple[Any, dict[str, dict[str, np.ndarray]], dict[str, Any]]:
-    """Build the data source, split it (or reuse a manifest) and decode every split (cached); write
-    ``splits.json`` unless ``manifest=False``. Returns the source, the arrays and the noise report."""
+def split_source(cfg: DictConfig, run_dir: Path, manifest: bool = True) -> tuple[Any, dict[str, list[str]]]:
+    """Build the data source and split its ids (or reuse ``data.splits_file``); write ``splits.json``
+    unless ``manifest=False``."""
     source = build_source(cfg.data.name, **node_kwargs(cfg.data.params, drop=()))
     if cfg.data.splits_file:
         splits = load_manifest(cfg.data.splits_file, source.ids)
@@ -58,6 +53,14 @@ def load_splits(cfg: DictConfig, run_dir: Path, manifest: bool = True
         splits = make_splits(source.ids, cfg.seed, **node_kwargs(cfg.data.split, drop=()), official=source.official)
     if manifest:
         save_manifest(run_dir / "splits.json", splits)
+    return source, splits
+
+
+def load_splits(cfg: DictConfig, run_dir: Path, manifest: bool = True
+                ) -> tuple[Any, dict[str, dict[str, np.ndarray]], dict[str, Any]]:
+    """Build the data source, split it (or reuse a manifest) and decode every split (cached); write
+    ``splits.json`` unless ``manifest=False``. Returns the source, the arrays and the noise report."""
+    source, splits = split_source(cfg, run_dir, manifest)
     noise, calibration = build_noise(cfg.noise, source, splits["noisy"], cfg.data.size, cfg.cache_dir)
     arrays = {
         name: load_arrays(source, ids, cfg.data.size, cfg.cache_dir, noise=noise if name == "noisy" else None, split=name,
@@ -122,9 +125,20 @@ def build_data(cfg: DictConfig, run_dir: str | Path = ".", manifest: bool = True
 
 
 @dataclass
+class ModelParts:
+    """What :func:`build_model_parts` makes: ``net`` is the plain model (evaluated, saved), ``model`` what
+    trains (``net`` wrapped for DDP or ``torch.compile`` when configured), its optimiser and schedule."""
+
+    net: torch.nn.Module
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+
+
+@dataclass
 class TrainingParts:
-    """What :func:`build_trainer` makes: ``net`` is the plain model (evaluated, saved), ``model`` what
-    trains (``net`` wrapped for DDP or ``torch.compile`` when configured)."""
+    """What :func:`build_trainer` makes: the method, its data streams, the :class:`ModelParts`' fields
+    and the :class:`Trainer` that runs them."""
 
     method: Method
     streams: dict[str, SegmentationDataset]
@@ -135,24 +149,52 @@ class TrainingParts:
     trainer: Trainer
 
 
-def build_trainer(cfg: DictConfig, arrays: dict[str, dict[str, np.ndarray]], device: torch.device | str = "cpu",
-                  rank: int = 0, world: int = 1) -> TrainingParts:
-    """Loss, method, its data streams, model, optimiser and schedule, and the :class:`Trainer` that runs
-    them, as ``cfg`` describes; the model is initialised from ``torch``'s current random state."""
-    device = torch.device(device)
+def build_run_method(cfg: DictConfig) -> Method:
+    """The loss and the training method that ``cfg`` describes."""
     loss = build_loss(cfg.loss.name, **node_kwargs(cfg.loss))
-    method = method_from_config(cfg, loss)
-    streams = build_streams(cfg, method, arrays)
-    method.set_stream_sizes({name: len(stream) for name, stream in streams.items()})
+    return method_from_config(cfg, loss)
+
+
+def method_from_config(cfg: DictConfig, loss: PixelLoss) -> Method:
+    """The method ``cfg.method`` names, with its options: those of the config group the method reads
+    (``Method.options_group``, e.g. ``meta``: one home for ``meta.*``), then the method node's own."""
+    group = METHODS.get(cfg.method.name).options_group
+    options = node_kwargs(cfg[group], drop=()) if group and group in cfg else {}
+    return build_method(cfg.method.name, loss, **options, **node_kwargs(cfg.method))
+
+
+def build_model_parts(cfg: DictConfig, device: torch.device, world: int = 1, epochs: int | None = None) -> ModelParts:
+    """Model, optimiser and a schedule spanning ``epochs`` epochs (default ``trainer.epochs``); the model is
+    initialised from ``torch``'s current random state."""
     net = build_model(cfg.model.name, **node_kwargs(cfg.model)).to(device)
     if cfg.trainer.channels_last:
         net = net.to(memory_format=torch.channels_last)  # convolutions then take NHWC inputs as they come
     model = data_parallel(net, device, world)
     if cfg.trainer.compile:
         model = torch.compile(model)
-    total_steps = cfg.trainer.epochs * cfg.trainer.steps_per_epoch
+    total_steps = (cfg.trainer.epochs if epochs is None else epochs) * cfg.trainer.steps_per_epoch
     optimizer, scheduler = build_optimizer(model.parameters(), total_steps, **node_kwargs(cfg.optim, drop=()))
-    trainer = Trainer(model, method, streams, optimizer, scheduler, device, cfg.seed, cfg.trainer.batch_size,
-                      cfg.trainer.steps_per_epoch, cfg.trainer.num_workers, cfg.trainer.grad_clip, cfg.trainer.progress,
-                      cfg.trainer.amp, rank=rank, world=world)
-    return TrainingParts(method, streams, net, model, optimizer, scheduler, trainer)
+    return ModelParts(net, model, optimizer, scheduler)
+
+
+def make_trainer(cfg: DictConfig, method: Method, streams: dict[str, SegmentationDataset], parts: ModelParts,
+                 device: torch.device, rank: int = 0, world: int = 1, counters: dict[str, int] | None = None) -> Trainer:
+    """The :class:`Trainer` of ``method`` over ``streams`` with ``parts``' model and optimiser, as ``cfg.trainer``
+    describes; ``counters`` (steps, skipped) carry on across trainers, e.g. the rounds of active learning."""
+    method.set_stream_sizes({name: len(stream) for name, stream in streams.items()})
+    t = cfg.trainer
+    extra = {} if counters is None else {"counters": counters}
+    return Trainer(parts.model, method, streams, parts.optimizer, parts.scheduler, device, cfg.seed, t.batch_size,
+                   t.steps_per_epoch, t.num_workers, t.grad_clip, t.progress, t.amp, rank=rank, world=world, **extra)
+
+
+def build_trainer(cfg: DictConfig, arrays: dict[str, dict[str, np.ndarray]], device: torch.device | str = "cpu",
+                  rank: int = 0, world: int = 1) -> TrainingParts:
+    """Loss, method, its data streams, model, optimiser and schedule, and the :class:`Trainer` that runs
+    them, as ``cfg`` describes; the model is initialised from ``torch``'s current random state."""
+    device = torch.device(device)
+    method = build_run_method(cfg)
+    streams = build_streams(cfg, method, arrays)
+    parts = build_model_parts(cfg, device, world)
+    trainer = make_trainer(cfg, method, streams, parts, device, rank, world)
+    return TrainingParts(method, streams, parts.net, parts.model, parts.optimizer, parts.scheduler, trainer)

@@ -1,4 +1,5 @@
-"""python -m noisyseg.bench meta: every method name form runs and reports (timings are never asserted)."""
+"""The micro-benchmarks (noisyseg.bench): smoke runs of ``bench meta`` (every method name form) and
+``bench mc``; timings are never asserted."""
 import json
 
 import pytest
@@ -36,3 +37,13 @@ def test_bench_meta_rejects_an_unknown_weighting():
     with pytest.raises(Exception, match="weighting"):
         bench.main(["meta", "--size", "16", "--batch", "2", "--depth", "2", "--base-width", "4", "--repeats", "1",
                     "--warmup", "0", "--no-memory", "--backends", "jvp:nope"])
+
+
+def test_bench_mc_smoke(capsys, tmp_path):
+    out = tmp_path / "mc.json"
+    bench.main(["mc", "--size", "16", "--samples", "2", "--batch", "1", "--depth", "2", "--base-width", "4",
+                "--repeats", "1", "--warmup", "0", "--threads", "1", "--json", str(out)])
+    report = json.loads(out.read_text())
+    assert set(report["positions"]) == {"bottleneck", "decoder", "head"}
+    assert all(rows["loop"]["equal"] for rows in report["positions"].values())
+    assert "loop" in capsys.readouterr().out

@@ -1,5 +1,6 @@
 """Active learning (CEAL, Górriz et al. 2017): samplers and pseudo-label policies; the loop is
-:mod:`noisyseg.active.loop` (``python -m noisyseg.active``).
+:mod:`noisyseg.active.loop` (``python -m noisyseg.active``), over the images of
+:mod:`noisyseg.active.pool`, with its labels and state files kept by :mod:`noisyseg.active.state`.
 
 MC dropout and the uncertainty scores live in :mod:`noisyseg.inference` (``noisyseg.predict`` uses them
 too) and are re-exported here, so ``from noisyseg.active import mc_predict`` keeps working. MC

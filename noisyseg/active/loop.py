@@ -19,12 +19,14 @@ pseudo-labeled ones the noisy set, so the meta step reweights the pseudo-labels 
 Every random draw is seeded from ``(seed, round)`` or ``(seed, epoch)``, so the state saved after each
 round (``state.pt``, atomically: model, optimizer, labeled ids with their round, pseudo ids, per-round
 metrics) is all a resumed run needs to end with the same result as an uninterrupted one (on CPU).
+
+This module is the round loop; the pool of images is :mod:`noisyseg.active.pool`, the bookkeeping of
+labels and the state files :mod:`noisyseg.active.state`, the objects trained come from :mod:`noisyseg.build`.
 """
 from __future__ import annotations
 
 import json
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,67 +35,25 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from noisyseg.active.oracle import OracleLog, SimulatedOracle
+from noisyseg.active.pool import Pool, load_pool
 from noisyseg.active.pseudo import PseudoPolicy, build_pseudo_policy
 from noisyseg.active.samplers import Sampler, UncertaintySampler, build_sampler, score_pool
-from noisyseg.atomic import prepare_run_dir, write_csv, write_image, write_json
-from noisyseg.checkpoint import load_checkpoint, save_checkpoint
-from noisyseg.data.cache import load_arrays
-from noisyseg.data.dataset import SegmentationDataset, to_tensor
-from noisyseg.data.sources import build_source
-from noisyseg.data.splits import make_splits, save_manifest
-from noisyseg.distributed import barrier, data_parallel, gather, is_main, main_first, setup
-from noisyseg.engine import Trainer, epoch_seed, evaluate
+from noisyseg.active.state import ActiveState
+from noisyseg.atomic import prepare_run_dir, write_image, write_json
+from noisyseg.build import build_model_parts, build_run_method, build_streams, make_trainer, node_kwargs
+from noisyseg.checkpoint import load_checkpoint
+from noisyseg.cli import check_resume, hydra_main, resume_command, stop_note
+from noisyseg.distributed import barrier, gather, is_main, main_first, setup
+from noisyseg.engine import epoch_seed, evaluate
 from noisyseg.errors import ConfigError, DataError
 from noisyseg.inference.mc import dropout_modules, mc_predict, predict
 from noisyseg.inference.uncertainty import pixel_uncertainty
-from noisyseg.losses import build_loss
 from noisyseg.methods import CleanOnly, Method
 from noisyseg.metrics import score
-from noisyseg.models import build_model
-from noisyseg.optim import build_optimizer
 from noisyseg.runlog import RunLog, image_grid
 from noisyseg.schema import validate
-from noisyseg.build import build_noise, build_streams, method_from_config, node_kwargs
-from noisyseg.cli import check_resume, hydra_main, resume_command, stop_note
 
-STATE_FORMAT = 1
 MC_TAG, QUERY_TAG, INITIAL_TAG = 101, 102, 103  # keep the round seeds apart from the epoch seeds
-
-
-@dataclass
-class Pool:
-    """The training data as arrays in a fixed id order: images, true masks, and the oracle's answers."""
-
-    ids: list[str]
-    images: np.ndarray   # uint8 [N, H, W, 3]
-    masks: np.ndarray    # uint8 [N, H, W], ground truth
-    answers: np.ndarray  # uint8 [N, H, W], what the (possibly noisy) oracle answers
-
-    def __post_init__(self) -> None:
-        self.index = {sample_id: k for k, sample_id in enumerate(self.ids)}
-
-    def rows(self, ids: list[str]) -> np.ndarray:
-        return np.array([self.index[i] for i in ids], dtype=np.int64)
-
-    def tensors(self, ids: list[str]) -> torch.Tensor:
-        return torch.stack([to_tensor(self.images[k]) for k in self.rows(ids)]) if ids else torch.empty(0)
-
-
-def _load_data(cfg: DictConfig, run_dir: Path, main: bool) -> tuple[Pool, dict[str, SegmentationDataset], dict[str, np.ndarray]]:
-    source = build_source(cfg.data.name, **node_kwargs(cfg.data.params, drop=()))
-    splits = make_splits(source.ids, cfg.seed, **node_kwargs(cfg.data.split, drop=()), official=source.official)
-    if main:
-        save_manifest(run_dir / "splits.json", splits)
-    train_ids = splits["clean"] + splits["noisy"] + splits["pool"]  # active learning labels these itself
-    show = cfg.trainer.progress
-    noise, _ = build_noise(cfg.noise, source, train_ids, cfg.data.size, cfg.cache_dir)  # the oracle's noise
-    arrays = load_arrays(source, train_ids, cfg.data.size, cfg.cache_dir, noise=noise, split="active", progress=show)
-    pool = Pool(train_ids, arrays["images"], arrays["masks"], arrays.get("noisy_masks", arrays["masks"]))
-    evalsets, evalmasks = {}, {}
-    for name in ("val", "test"):
-        split = load_arrays(source, splits[name], cfg.data.size, cfg.cache_dir, split=name, progress=show)
-        evalsets[name], evalmasks[name] = SegmentationDataset(split["images"], {"mask": split["masks"]}), split["masks"]
-    return pool, evalsets, evalmasks
 
 
 def _initial_ids(pool: Pool, initial: int | str, seed: int) -> list[str]:
@@ -133,7 +93,7 @@ class ActiveLoop:
         self.rank, self.world, self.device = setup(cfg.device)  # (0, 1, device) unless run by torchrun
         self.main = self.rank == 0  # the process that asks the oracle, evaluates and writes files
         with main_first():  # rank 0 decodes and caches the data, the others then read the cache
-            self.pool, self.evalsets, self.evalmasks = _load_data(cfg, run_dir, self.main)
+            self.pool, self.evalsets, self.evalmasks = load_pool(cfg, run_dir, self.main)
         self.initial = _initial_ids(self.pool, self.a.initial, cfg.seed)
         self.full = self.a.initial == "all"  # full supervision: the loop's total epochs at once, no queries
         self.rounds = 0 if self.full else self.a.rounds
@@ -142,57 +102,56 @@ class ActiveLoop:
             self.a.finetune or self.full) else self.a.epochs
         self.sampler: Sampler = build_sampler(**node_kwargs(self.a.sampler, drop=()))
         self.pseudo: PseudoPolicy = build_pseudo_policy(**node_kwargs(self.a.pseudo, drop=()))
-        self.loss = build_loss(cfg.loss.name, **node_kwargs(cfg.loss))
-        self.method: Method = method_from_config(cfg, self.loss)
-        self.oracle_only = CleanOnly(self.loss)  # rounds without pseudo-labels
+        self.method: Method = build_run_method(cfg)
+        self.oracle_only = CleanOnly(self.method.loss)  # rounds without pseudo-labels
         self.config = OmegaConf.to_container(cfg, resolve=True)
         self._new_model()
         _check_mc(cfg, self.sampler, self.net)
-        self.labeled: dict[str, int] = {}  # id -> round in which the oracle labeled it
-        self.pseudo_ids: list[str] = []
-        self.history: list[dict[str, Any]] = []  # one row per round
-        self.epochs: list[dict[str, Any]] = []   # one row per training epoch
-        self.epoch, self.counters = 0, {"steps": 0, "skipped": 0}
+        self.state = ActiveState()
         self.oracle_log = OracleLog(run_dir / "oracle.json", write=self.main)
         self.oracle = SimulatedOracle({i: self.pool.answers[k] for k, i in enumerate(self.pool.ids)}, self.oracle_log.all_ids())
+
+    # the bookkeeping's labeled and pseudo-labeled ids, also readable and settable on the loop itself
+    @property
+    def labeled(self) -> dict[str, int]:
+        return self.state.labeled
+
+    @labeled.setter
+    def labeled(self, value: dict[str, int]) -> None:
+        self.state.labeled = value
+
+    @property
+    def pseudo_ids(self) -> list[str]:
+        return self.state.pseudo
+
+    @pseudo_ids.setter
+    def pseudo_ids(self, value: list[str]) -> None:
+        self.state.pseudo = value
 
     # -- model and training ------------------------------------------------------------------
     def _new_model(self) -> None:
         torch.manual_seed(self.cfg.seed)  # initialisation, also for a retrain from scratch
-        self.net = build_model(self.cfg.model.name, **node_kwargs(self.cfg.model)).to(self.device)
-        self.model = data_parallel(self.net, self.device, self.world)  # trains; self.net evaluates
-        self.optimizer, self.scheduler = build_optimizer(
-            self.net.parameters(), self.schedule_epochs * self.cfg.trainer.steps_per_epoch, **node_kwargs(self.cfg.optim, drop=()))
+        self.parts = build_model_parts(self.cfg, self.device, self.world, self.schedule_epochs)
+        self.net = self.parts.net  # evaluates; self.parts.model trains
 
     def _streams_and_method(self, pseudo_masks: np.ndarray) -> tuple[Method, dict]:
-        labeled = sorted(self.labeled, key=self.pool.index.get)
-        rows = self.pool.rows(labeled)
-        arrays = {"clean": {"images": self.pool.images[rows], "masks": self.pool.masks[rows],
-                            "noisy_masks": self.pool.answers[rows]}}  # the learner sees the oracle's answer
-        method = self.method
-        if self.pseudo_ids:
-            prow = self.pool.rows(self.pseudo_ids)
-            arrays["noisy"] = {"images": self.pool.images[prow], "masks": self.pool.masks[prow], "noisy_masks": pseudo_masks}
-        else:
-            method = self.oracle_only
-        return method, build_streams(self.cfg, method, arrays)
+        method = self.method if self.pseudo_ids else self.oracle_only
+        return method, build_streams(self.cfg, method, self.state.splits(self.pool, pseudo_masks))
 
     def _train(self, epochs: int, pseudo_masks: np.ndarray) -> None:
         method, streams = self._streams_and_method(pseudo_masks)
-        t = self.cfg.trainer
-        trainer = Trainer(self.model, method, streams, self.optimizer, self.scheduler, self.device, self.cfg.seed,
-                          t.batch_size, t.steps_per_epoch, t.num_workers, t.grad_clip, t.progress, t.amp, self.counters,
-                          self.rank, self.world)
+        state = self.state
+        trainer = make_trainer(self.cfg, method, streams, self.parts, self.device, self.rank, self.world, state.counters)
         for _ in range(epochs):
-            logs = trainer.train_epoch(self.epoch)
-            self.epochs.append({"round": len(self.history), "epoch": self.epoch, "step": self.counters["steps"],
-                                **{f"train_{k}": v for k, v in logs.items()}})
-            self.epoch += 1
+            logs = trainer.train_epoch(state.epoch)
+            state.epochs.append({"round": len(state.history), "epoch": state.epoch, "step": state.counters["steps"],
+                                 **{f"train_{k}": v for k, v in logs.items()}})
+            state.epoch += 1
 
     # -- one round ---------------------------------------------------------------------------
     def _query(self, round_: int) -> tuple[list[str], list[str]]:
         """The ids the oracle labels this round, and the ids to pseudo-label."""
-        unlabeled = [i for i in self.pool.ids if i not in self.labeled]
+        unlabeled = self.state.unlabeled(self.pool)
         scores, confidence = self._score(round_, unlabeled)
         queried = self.oracle_log.ids(round_)  # answered before an interruption: never ask again
         if queried is None:
@@ -250,7 +209,7 @@ class ActiveLoop:
         test, _ = evaluate(self.net, self.evalsets["test"], self.evalmasks["test"], bs, self.device)
         val, _ = evaluate(self.net, self.evalsets["val"], self.evalmasks["val"], bs, self.device)
         row = {"round": round_, "labeled": len(self.labeled), "queried": len(queried), "pseudo": len(self.pseudo_ids),
-               "epoch": self.epoch, "step": self.counters["steps"]}
+               "epoch": self.state.epoch, "step": self.state.counters["steps"]}
         if self.pseudo_ids:  # how good the self-labels were
             row["pseudo_dice"] = score(pseudo_masks > 0, self.pool.masks[self.pool.rows(self.pseudo_ids)] > 0)["dice"]
         return {**row, **{f"test_{k}": v for k, v in test.items()}, **{f"val_{k}": v for k, v in val.items()}}
@@ -275,42 +234,32 @@ class ActiveLoop:
         else:
             epochs = self.a.epochs_per_round if self.a.finetune else self.a.epochs
         self._train(epochs, pseudo_masks)
-        self.history.append(self._evaluate(round_, queried, pseudo_masks))
+        self.state.history.append(self._evaluate(round_, queried, pseudo_masks))
 
     # -- state ---------------------------------------------------------------------------------
-    def _state(self) -> dict[str, Any]:
-        return {"format": STATE_FORMAT, "round": len(self.history) - 1, "labeled": dict(self.labeled),
-                "pseudo": list(self.pseudo_ids), "history": self.history, "epochs": self.epochs, "epoch": self.epoch,
-                "counters": dict(self.counters), "model": self.net.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "scheduler": self.scheduler.state_dict(), "method": self.method.state_dict(), "config": self.config}
-
     def _restore(self, path: Path) -> None:
         state = load_checkpoint(path, self.device)
         check_resume(self.cfg, state["config"])
-        self.labeled, self.pseudo_ids = dict(state["labeled"]), list(state["pseudo"])
-        self.history, self.epochs, self.epoch = state["history"], state["epochs"], state["epoch"]
-        self.counters.update(state["counters"])
+        self.state.load_state_dict(state)
         self.net.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
+        self.parts.optimizer.load_state_dict(state["optimizer"])
+        self.parts.scheduler.load_state_dict(state["scheduler"])
         self.method.load_state_dict(state["method"])
 
     def _save(self, log: RunLog) -> None:
         if not self.main:
             return barrier()
-        save_checkpoint(self.run_dir / "state.pt", self._state())  # the source of truth for resuming
-        write_json(self.run_dir / "state.json", {"round": len(self.history) - 1, "labeled": self.labeled,
-                                                 "pseudo": self.pseudo_ids})  # a readable copy
-        write_csv(self.run_dir / "rounds.csv", self.history)
-        write_csv(self.run_dir / "metrics.csv", self.epochs)
-        log.scalars(self.history[-1], self.history[-1]["labeled"], prefix="active/")
+        self.state.save(self.run_dir, {"model": self.net.state_dict(), "optimizer": self.parts.optimizer.state_dict(),
+                                       "scheduler": self.parts.scheduler.state_dict(),
+                                       "method": self.method.state_dict(), "config": self.config})
+        log.scalars(self.state.history[-1], self.state.history[-1]["labeled"], prefix="active/")
         barrier()  # no rank starts the next round before state.pt holds this one
 
     def _stopped(self, what: str) -> None:
         state = self.run_dir / "state.pt"
         kept = f"{state} holds the last complete round" if state.exists() else "no round was saved yet"
         if self.main:
-            print(stop_note(f"{what} in round {len(self.history)}", kept, state.exists(), "noisyseg.active", self.run_dir),
+            print(stop_note(f"{what} in round {len(self.state.history)}", kept, state.exists(), "noisyseg.active", self.run_dir),
                   file=sys.stderr)
 
     def run(self) -> dict[str, Any]:
@@ -318,7 +267,7 @@ class ActiveLoop:
             self._restore(self.run_dir / "state.pt")
         log = RunLog(self.run_dir, self.cfg.trainer.tensorboard and self.main)
         try:
-            for round_ in range(len(self.history), self.rounds + 1):
+            for round_ in range(len(self.state.history), self.rounds + 1):
                 if round_ > 0 and len(self.labeled) == len(self.pool.ids):
                     break  # every image is labeled: stop cleanly
                 self._round(round_)
@@ -331,10 +280,11 @@ class ActiveLoop:
             raise
         finally:
             log.close()
-        stopped = "rounds" if len(self.history) == self.rounds + 1 else "pool exhausted"
+        history = self.state.history
+        stopped = "rounds" if len(history) == self.rounds + 1 else "pool exhausted"
         results = {
-            "test": {k[5:]: v for k, v in self.history[-1].items() if k.startswith("test_")},
-            "rounds": self.history, "labeled": len(self.labeled), "oracle_queries": len(self.oracle_log.all_ids()),
+            "test": {k[5:]: v for k, v in history[-1].items() if k.startswith("test_")},
+            "rounds": history, "labeled": len(self.labeled), "oracle_queries": len(self.oracle_log.all_ids()),
             "stopped": stopped, "split_sizes": {"train": len(self.pool.ids), "val": len(self.evalmasks["val"]),
                                                 "test": len(self.evalmasks["test"])},
             "device": str(self.device), "config": self.config,

@@ -1,5 +1,6 @@
 """``python -m noisyseg.noise preview``: one PNG of every noise kind at several levels, on synthetic
-lesions or a PH2-like folder (the only part of :mod:`noisyseg.noise` that reads data)."""
+lesions or a PH2-like folder. The only part of :mod:`noisyseg.noise` that reads data: a tool on top of
+the noise models and the data layer (which itself uses the noise models), run by ``noisyseg/noise/__main__.py``."""
 from __future__ import annotations
 
 import argparse
@@ -9,15 +10,15 @@ from typing import Sequence
 import cv2
 import numpy as np
 
+from noisyseg.data.sources import folder, ph2
+from noisyseg.data.synthetic import make_lesion
 from noisyseg.errors import ConfigError, DataError, NoisysegError
 from noisyseg.noise.models import NOISE_MODELS, check_unit, corrupt
 from noisyseg.noise.noisy_set import realised_dice
 
+
 def _load_lesions(root: str | None, count: int, seed: int) -> list[tuple[str, np.ndarray, np.ndarray]]:
     """``(name, image, mask)`` for a few lesions: synthetic, or spread over a PH2-like folder."""
-    from noisyseg.data.sources import folder, ph2  # lazy: only the preview reads files
-    from noisyseg.data.synthetic import make_lesion
-
     if root is None:
         return [(f"synthetic #{i}", *make_lesion(seed, i, 256)) for i in range(count)]
     try:

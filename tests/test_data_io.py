@@ -1,5 +1,6 @@
-"""Bad input to the data loaders: each case gives a DataError naming the file, or a documented fix-up
-reported as one DataWarning per kind and dataset (see noisyseg/data/io.py)."""
+"""Bad input to the image and mask readers (noisyseg.data.io): each case gives a DataError naming the
+file, or a documented fix-up reported as one DataWarning per kind and dataset. Bad folder layouts
+(pairing, duplicate ids, empty folders) are in test_data_sources.py."""
 from __future__ import annotations
 
 import io
@@ -165,50 +166,6 @@ def test_colour_masks_use_the_maximum_over_colour_channels(tmp_path):
         warnings.simplefilter("error")
         for name in ("rgba.png", "palette.png"):
             np.testing.assert_array_equal(read_mask(tmp_path / name), truth, err_msg=name)
-
-
-# --- folders and pairing ------------------------------------------------------------------------
-
-def test_size_mismatch_names_both_files_and_sizes(isic_root):
-    gt = isic_root / "ISIC-2017_Training_Part1_GroundTruth" / "ISIC_0000003_segmentation.png"
-    Image.fromarray(np.zeros((20, 25), np.uint8)).save(gt)
-    with pytest.raises(DataError, match=r"ISIC_0000003_segmentation\.png: mask size 25x20 differs from its "
-                                        r"image ISIC_0000003\.jpg \(40x30\)"):
-        build_source("isic", root=str(isic_root)).load("ISIC_0000003")
-
-
-@pytest.mark.parametrize("folder", ["images", "masks"])
-def test_duplicate_ids_name_both_files(folder_root, folder):
-    name = "case1.jpg" if folder == "images" else "case1_mask.bmp"
-    Image.new("L", (40, 30)).save(folder_root / folder / name)
-    with pytest.raises(DataError, match="duplicate ID 'case1'") as err:
-        _folder(folder_root)
-    assert name in str(err.value) and f"{folder}/case1{'' if folder == 'images' else '_mask'}.png" in str(err.value)
-
-
-def test_duplicate_ids_in_the_ph2_tree(ph2_tree):
-    copy = ph2_tree / "PH2Dataset" / "backup" / "IMD003_Dermoscopic_Image" / "IMD003.bmp"
-    copy.parent.mkdir(parents=True)
-    Image.new("RGB", (40, 30)).save(copy)
-    with pytest.raises(DataError, match=r"duplicate ID 'IMD003'"):
-        build_source("ph2", root=str(ph2_tree))
-
-
-@pytest.mark.parametrize("empty", ["images", "masks"])
-def test_empty_folder_is_named(folder_root, empty):
-    for path in (folder_root / empty).iterdir():
-        path.unlink()
-    with pytest.raises(DataError, match=rf"{empty}: no {empty}"):
-        _folder(folder_root)
-
-
-def test_empty_isic_and_ph2_folders(tmp_path):
-    (tmp_path / "ISIC-2017_Training_Data").mkdir()
-    (tmp_path / "ISIC-2017_Training_Part1_GroundTruth").mkdir()
-    with pytest.raises(DataError, match=r"ISIC-2017_Training_Data: no ISIC_<id>\.jpg images found"):
-        build_source("isic", root=str(tmp_path))
-    with pytest.raises(DataError, match="no PH2 images found"):
-        build_source("ph2", root=str(tmp_path))
 
 
 def test_fixups_outside_reporting_warn_per_load(folder_root):

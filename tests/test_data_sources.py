@@ -1,4 +1,5 @@
-"""Data sources: each layout on tiny on-disk fixtures and on the real samples when present."""
+"""Data sources (noisyseg.data.sources): each layout on tiny on-disk fixtures and on the real samples when
+present, and bad layouts: mismatched sizes, duplicate ids, empty folders."""
 from __future__ import annotations
 
 import numpy as np
@@ -151,3 +152,47 @@ def test_empty_folder(tmp_path):
 def test_unknown_dataset_lists_choices():
     with pytest.raises(ConfigError, match="valid choices: folder, isic, ph2, synthetic"):
         build_source("imagenet")
+
+
+# --- folders and pairing ------------------------------------------------------------------------
+
+def test_size_mismatch_names_both_files_and_sizes(isic_root):
+    gt = isic_root / "ISIC-2017_Training_Part1_GroundTruth" / "ISIC_0000003_segmentation.png"
+    Image.fromarray(np.zeros((20, 25), np.uint8)).save(gt)
+    with pytest.raises(DataError, match=r"ISIC_0000003_segmentation\.png: mask size 25x20 differs from its "
+                                        r"image ISIC_0000003\.jpg \(40x30\)"):
+        build_source("isic", root=str(isic_root)).load("ISIC_0000003")
+
+
+@pytest.mark.parametrize("folder", ["images", "masks"])
+def test_duplicate_ids_name_both_files(folder_root, folder):
+    name = "case1.jpg" if folder == "images" else "case1_mask.bmp"
+    Image.new("L", (40, 30)).save(folder_root / folder / name)
+    with pytest.raises(DataError, match="duplicate ID 'case1'") as err:
+        build_source("folder", root=str(folder_root), mask_suffix="_mask")
+    assert name in str(err.value) and f"{folder}/case1{'' if folder == 'images' else '_mask'}.png" in str(err.value)
+
+
+def test_duplicate_ids_in_the_ph2_tree(ph2_tree):
+    copy = ph2_tree / "PH2Dataset" / "backup" / "IMD003_Dermoscopic_Image" / "IMD003.bmp"
+    copy.parent.mkdir(parents=True)
+    Image.new("RGB", (40, 30)).save(copy)
+    with pytest.raises(DataError, match=r"duplicate ID 'IMD003'"):
+        build_source("ph2", root=str(ph2_tree))
+
+
+@pytest.mark.parametrize("empty", ["images", "masks"])
+def test_empty_folder_is_named(folder_root, empty):
+    for path in (folder_root / empty).iterdir():
+        path.unlink()
+    with pytest.raises(DataError, match=rf"{empty}: no {empty}"):
+        build_source("folder", root=str(folder_root), mask_suffix="_mask")
+
+
+def test_empty_isic_and_ph2_folders(tmp_path):
+    (tmp_path / "ISIC-2017_Training_Data").mkdir()
+    (tmp_path / "ISIC-2017_Training_Part1_GroundTruth").mkdir()
+    with pytest.raises(DataError, match=r"ISIC-2017_Training_Data: no ISIC_<id>\.jpg images found"):
+        build_source("isic", root=str(tmp_path))
+    with pytest.raises(DataError, match="no PH2 images found"):
+        build_source("ph2", root=str(tmp_path))
