@@ -29,7 +29,7 @@ from noisyseg.engine import Trainer
 from noisyseg.errors import DataError
 from noisyseg.losses import build_loss
 from noisyseg.methods import Method, build_method
-from noisyseg.models import build_model
+from noisyseg.models import build_model, check_contract
 from noisyseg.noise import MaskNoise, realised_dice, target_dice
 from noisyseg.optim import build_optimizer
 
@@ -136,6 +136,7 @@ def build_trainer(cfg: DictConfig, arrays: dict[str, dict[str, np.ndarray]], dev
     streams = build_streams(cfg, method, arrays)
     method.set_stream_sizes({name: len(stream) for name, stream in streams.items()})
     net = build_model(cfg.model.name, **node_kwargs(cfg.model)).to(device)
+    check_contract(net, cfg.model.get("in_channels", 3), cfg.data.size, f"model={cfg.model.name}")  # at start, not at step 1
     if cfg.trainer.channels_last:
         net = net.to(memory_format=torch.channels_last)  # convolutions then take NHWC inputs as they come
     model = data_parallel(net, device, world)

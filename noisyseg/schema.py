@@ -299,12 +299,10 @@ def validate(cfg: DictConfig | dict) -> None:
         value = _value(cfg, key)
         if value is not _ABSENT and not rule.ok(value):
             errors.append(f"{key}={value!r} is invalid: need {key} {rule.text}")
-    size = _value(cfg, "data.size")
-    for key in ("model.depth", "model.encoder_depth"):  # the U-Net's, smp's
-        depth = _value(cfg, key)
-        if _is_int(size) and _is_int(depth) and size > 0 and depth >= 1 and size % 2**depth:
-            errors.append(f"data.size={size} must be divisible by 2**{key} = {2**depth}: the "
-                          f"{'U-Net' if key == 'model.depth' else 'encoder'} halves it {depth} times")
+    size, depth = _value(cfg, "data.size"), _value(cfg, "model.depth")  # other models: check_contract at build
+    if _is_int(size) and _is_int(depth) and size > 0 and depth >= 1 and size % 2**depth:
+        errors.append(f"data.size={size} must be divisible by 2**model.depth = {2**depth}: the U-Net halves it "
+                      f"{depth} times")
     if _value(cfg, "trainer.compile") is True and _value(cfg, "method.name") == "meta":
         errors.append("trainer.compile=true does not apply to method=meta: the meta step calls the model "
                       "functionally, around the compiled module")
