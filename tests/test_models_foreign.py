@@ -201,3 +201,31 @@ def test_module_by_import_path_and_its_contract():
         build_model("module", _target_=f"{__name__}.Nope")
     with pytest.raises(ConfigError, match="not an nn.Module"):
         build_model("module", _target_="builtins.dict")
+
+
+def test_train_predict_and_resume_an_smp_model(tmp_path, monkeypatch):
+    """model=smp through the whole tool: the meta method (jvp, no fallback), resume after an interruption
+    equal to the straight run, and the checkpoint rebuilt by predict (with MC dropout)."""
+    from conftest import raise_at_epoch
+    from hydra import compose, initialize_config_dir
+
+    from noisyseg.config import CONFIG_DIR
+    from noisyseg.predict import load_predictor
+    from noisyseg.train import train
+
+    with initialize_config_dir(CONFIG_DIR, version_base="1.3"):
+        cfg = compose("train", overrides=["debug=fast", "data.params.count=48", "model=smp", "model.dropout=0.5",
+                                          "method=meta", "trainer.steps_per_epoch=2"])
+    meta_backends._WARNED.clear()
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message="meta backend jvp", category=RuntimeWarning)
+        straight = train(cfg, tmp_path / "straight")
+    with monkeypatch.context() as patch:
+        raise_at_epoch(patch, 1, KeyboardInterrupt)
+        with pytest.raises(KeyboardInterrupt):
+            train(cfg, tmp_path / "resumed")
+    cfg.resume = str(tmp_path / "resumed")
+    assert train(cfg)["test"] == straight["test"]
+    predictor = load_predictor(tmp_path / "straight", device="cpu")
+    probs, unc = predictor.predict_image(torch.randint(0, 255, (40, 50, 3), dtype=torch.uint8).numpy(), mc_samples=3)
+    assert probs.shape == unc.shape == (40, 50) and unc.max() > 0
