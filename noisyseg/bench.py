@@ -2,7 +2,8 @@
 
 ``meta``: one full training step of every meta backend (pixel weights + weighted backward +
 optimizer step) against the plain noisy step (forward, mean loss, backward, step) on the default
-U-Net, interleaved round-robin in one process (the order is shuffled each round so no method always
+U-Net (or ``--model smp --arch Unet --encoder resnet34``; ``--sizes 128,256`` for several sizes in one
+run), with the ops of the model that have no tangent rule (so ``jvp`` falls back to forward_ad), interleaved round-robin in one process (the order is shuffled each round so no method always
 follows the same one) and reported as medians after warm-up, with wall-clock and process CPU time
 (the CPU time is less sensitive to other load on a shared machine). Peak memory: CUDA max allocated
 on GPU; on CPU the peak RSS of a fresh subprocess per method (its ``VmHWM``; ``ru_maxrss`` where
@@ -39,9 +40,10 @@ from noisyseg.device import resolve_device, synchronize
 from noisyseg.inference import MODES, image_scores, mc_predict
 from noisyseg.losses import BCELoss
 from noisyseg.meta import META_BACKENDS, MetaReweightedLoss
-from noisyseg.models import UNet
+from noisyseg.models import UNet, build_model
 from noisyseg.models.unet import DROPOUT_POSITIONS
 from noisyseg.progress import progress_bar
+from noisyseg.tangents import unsupported_ops
 
 LR = 0.01
 APPROXIMATIONS = ["jvp[head]", "jvp_ad[head]", "jvp@2", "jvp@4"]  # meta.params=[head]: a virtual step on the
@@ -49,10 +51,23 @@ APPROXIMATIONS = ["jvp[head]", "jvp_ad[head]", "jvp@2", "jvp@4"]  # meta.params=
 TARGETS = {"jvp_ratio_max": 2.5, "higher_over_jvp_min": 2.5, "jvp_mem_ratio_max": 1.5}
 
 
+def _model(args: argparse.Namespace) -> torch.nn.Module:
+    """``--model unet``: the U-Net of ``--depth`` and ``--base-width``; ``--model smp``: ``--arch`` over ``--encoder``."""
+    if getattr(args, "model", "unet") == "smp":
+        return build_model("smp", arch=args.arch, encoder=args.encoder)
+    return UNet(depth=args.depth, base_width=args.base_width, norm="batch")
+
+
+def _model_name(args: argparse.Namespace) -> str:
+    if getattr(args, "model", "unet") == "smp":
+        return f"smp {args.arch}/{args.encoder}"
+    return f"U-Net depth {args.depth} base {args.base_width}"
+
+
 def _setup(args: argparse.Namespace, size: int, batch: int, device: torch.device):
-    """Default U-Net and synthetic noisy/clean batches (disc masks, a quarter of noisy pixels flipped)."""
+    """The model (see :func:`_model`) and synthetic noisy/clean batches (disc masks, a quarter of noisy pixels flipped)."""
     torch.manual_seed(0)
-    model = UNet(depth=args.depth, base_width=args.base_width, norm="batch").to(device).train()
+    model = _model(args).to(device).train()
     yy, xx = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
     disc = (((yy - size / 2) ** 2 + (xx - size / 2) ** 2) < (size / 3) ** 2).float().expand(batch, 1, size, size)
     flip = (torch.rand(batch, 1, size, size) < 0.25).float()
@@ -165,7 +180,8 @@ def _cpu_mem(args, methods, size, batch) -> dict[str, float]:
     def run(method: str) -> float:
         cmd = [sys.executable, "-m", "noisyseg.bench", "_rss", "--method", method, "--size", str(size),
                "--batch", str(batch), "--base-width", str(args.base_width), "--depth", str(args.depth),
-               "--device", "cpu"] + (["--channels-last"] if args.channels_last else []) + (["--amp"] if args.amp else [])
+               "--device", "cpu", "--model", args.model, "--arch", args.arch, "--encoder", args.encoder] \
+            + (["--channels-last"] if args.channels_last else []) + (["--amp"] if args.amp else [])
         out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
         return json.loads(out.strip().splitlines()[-1])["maxrss_mb"]
 
@@ -244,10 +260,24 @@ def meta_main(args: argparse.Namespace) -> dict:
     warnings.filterwarnings("ignore", message=".*torch.jit.*", category=DeprecationWarning)
     report = {"device": str(device), "threads": torch.get_num_threads(), "torch": torch.__version__,
               "config": {k: v for k, v in vars(args).items() if k != "func"}, "targets": TARGETS}
-    main = _compare(args, methods, args.size, args.batch, device, args.repeats, args.warmup)
-    print(_table(main))
+    sizes = [int(v) for v in args.sizes.split(",")] if args.sizes else [args.size]
+    torch.manual_seed(0)
+    probe = _model(args).train()
+    report["model"] = _model_name(args)
+    report["fallback_ops"] = unsupported_ops(probe, torch.randn(2, 3, sizes[0], sizes[0]))
+    del probe
+    print(f"{report['model']}, {device}, {torch.get_num_threads()} threads")
+    print("ops without a tangent rule (jvp falls back to forward_ad for this model): "
+          + ("; ".join(report["fallback_ops"]) or "none"))
+    runs = []
+    for size in sizes:  # --sizes: one table per size, one process
+        runs.append(_compare(args, methods, size, args.batch, device, args.repeats, args.warmup))
+        print(_table(runs[-1]))
+        print("targets:", json.dumps(_targets(runs[-1])))
+    main = runs[0]
     report["main"], report["main_targets"] = main, _targets(main)
-    print("targets:", json.dumps(report["main_targets"]))
+    if len(runs) > 1:
+        report["sizes"] = [{"run": r, "targets": _targets(r)} for r in runs]
     if args.scaling:
         runs = [main]
         configs = [(s, args.batch) for s in (64, 128, 256)] + [(args.size, b) for b in (4, 8, 16)]
@@ -336,6 +366,9 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
     p.add_argument("--channels-last", action="store_true", help="model and images in channels_last")
     p.add_argument("--amp", action="store_true", help="forward passes under bfloat16 autocast (as trainer.amp)")
+    p.add_argument("--model", default="unet", choices=("unet", "smp"), help="the built-in U-Net, or an smp network")
+    p.add_argument("--arch", default="Unet", help="--model smp: the architecture")
+    p.add_argument("--encoder", default="resnet34", help="--model smp: the encoder (random initialisation)")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -343,6 +376,7 @@ def main(argv: list[str] | None = None) -> None:
     sub = parser.add_subparsers(dest="command", required=True, metavar="{meta,mc}")
     p = sub.add_parser("meta", help="meta step backends vs the plain step: time and peak memory")
     _common(p)
+    p.add_argument("--sizes", default="", help="comma-separated image sizes, one table each (default: --size)")
     p.add_argument("--repeats", type=int, default=10, help="timed rounds (median), after --warmup rounds")
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--backends", default="", help="comma-separated meta backends, 'backend[p1+p2]' for a virtual step "

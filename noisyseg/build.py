@@ -33,7 +33,7 @@ from noisyseg.engine import Trainer
 from noisyseg.errors import DataError
 from noisyseg.losses import PixelLoss, build_loss
 from noisyseg.methods import METHODS, Method, build_method
-from noisyseg.models import build_model
+from noisyseg.models import build_model, check_contract
 from noisyseg.noise import MaskNoise, realised_dice, target_dice
 from noisyseg.optim import build_optimizer
 
@@ -167,6 +167,7 @@ def build_model_parts(cfg: DictConfig, device: torch.device, world: int = 1, epo
     """Model, optimiser and a schedule spanning ``epochs`` epochs (default ``trainer.epochs``); the model is
     initialised from ``torch``'s current random state."""
     net = build_model(cfg.model.name, **node_kwargs(cfg.model)).to(device)
+    check_contract(net, cfg.model.get("in_channels", 3), cfg.data.size, f"model={cfg.model.name}")  # at start, not at step 1
     if cfg.trainer.channels_last:
         net = net.to(memory_format=torch.channels_last)  # convolutions then take NHWC inputs as they come
     model = data_parallel(net, device, world)

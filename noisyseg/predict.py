@@ -115,7 +115,7 @@ def load_predictor(path: str | Path, device: str = "auto") -> Predictor:
     except (KeyError, TypeError, ValueError, AttributeError) as err:
         raise ConfigError(f"{path}: not a noisyseg checkpoint (needs model weights, config.model.name and "
                           f"config.data.size; missing {err})") from None
-    model = build_model(name, **options)
+    model = build_model(name, pretrained=False, **options)  # the checkpoint has the weights: no download
     try:
         model.load_state_dict(weights)
     except RuntimeError as err:

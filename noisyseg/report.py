@@ -209,7 +209,7 @@ def _model(run_dir: Path, cfg: DictConfig, device: torch.device) -> tuple[torch.
             if "model" not in state:
                 raise NoisysegError(f"{run_dir / name}: no 'model' entry in the checkpoint")
             kwargs = {k: v for k, v in OmegaConf.to_container(cfg.model, resolve=True).items() if k != "name"}
-            model = build_model(cfg.model.name, **kwargs).to(device)
+            model = build_model(cfg.model.name, pretrained=False, **kwargs).to(device)  # weights: the checkpoint's
             model.load_state_dict(state["model"])
             return model, name
     raise NoisysegError(f"{run_dir}: no checkpoint (best.pt or state.pt)")

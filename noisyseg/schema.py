@@ -8,7 +8,9 @@ Everything here runs before any data is loaded:
    ``active`` node, first in ``conf/active_loop.yaml``). While composing, Hydra rejects an unknown key
    or a value of the wrong type in a config file or an override. Plug-in options whose keys differ per
    plug-in (``loss``, ``method``, ``optim``, ``data.params``, ``active.sampler``, ``active.pseudo``)
-   stay plain dicts: the registry's ``build`` rejects unknown options and lists the valid ones. Every
+   stay plain dicts: the registry's ``build`` rejects unknown options and lists the valid ones. The
+   ``model`` node too, but :func:`validate` checks its keys against the schema of its model
+   (:data:`MODEL_SCHEMAS`; none for ``model=module``, whose keys are the user's network's arguments). Every
    schema field is ``MISSING``, so the yaml files stay the only place that holds defaults and the
    composed config is the same as without schemas.
 2. **Ranges.** :func:`validate` checks :data:`RULES`, the U-Net's size constraint, and that the schema
@@ -53,7 +55,7 @@ class SplitConfig:
 class DataConfig:
     name: str = MISSING
     size: int = MISSING
-    params: Options = MISSING
+    params: Optional[Options] = MISSING
     split: SplitConfig = field(default_factory=SplitConfig)
     splits_file: Optional[str] = MISSING
     augment: List[Any] = MISSING
@@ -61,6 +63,8 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
+    """``model=unet`` (and ``unet_mc``)."""
+
     name: str = MISSING
     in_channels: int = MISSING
     depth: int = MISSING
@@ -68,6 +72,26 @@ class ModelConfig:
     norm: str = MISSING
     dropout: float = MISSING
     dropout_position: str = MISSING
+
+
+@dataclass
+class SMPModelConfig:
+    """``model=smp``: noisyseg.models.smp.build_smp."""
+
+    name: str = MISSING
+    arch: str = MISSING
+    encoder: str = MISSING
+    encoder_weights: Optional[str] = MISSING
+    encoder_depth: int = MISSING
+    in_channels: int = MISSING
+    dropout: float = MISSING
+    dropout_position: str = MISSING
+    params: Optional[Options] = MISSING
+
+
+# The model node's keys depend on the model: checked by validate() against the schema of model.name.
+# model=module has none: its keys are the keyword arguments of the user's network.
+MODEL_SCHEMAS: dict[str, type] = {"unet": ModelConfig, "smp": SMPModelConfig}
 
 
 @dataclass
@@ -126,7 +150,7 @@ TRAIN_SCHEMA: dict[str, Any] = {
     "reuse": BooleanNode(MISSING, is_optional=False),
     "cache_dir": StringNode(MISSING, is_optional=True),
     "data": DataConfig,
-    "model": ModelConfig,
+    "model": MISSING,  # per model: MODEL_SCHEMAS
     "loss": MISSING,
     "method": MISSING,
     "noise": NoiseConfig,
@@ -205,7 +229,9 @@ RULES: dict[str, Rule] = {
     "model.base_width": at_least(1, integer=True),
     "model.norm": one_of(*NORMS),
     "model.dropout": within(0, 1, closed=False),
-    "model.dropout_position": one_of(*DROPOUT_POSITIONS),
+    "model.dropout_position": one_of(*DROPOUT_POSITIONS),  # smp: a subset, checked by its builder
+    "model.encoder_depth": at_least(1, integer=True),
+    "model.input_size": at_least(1, integer=True),
     "noise.level": within(0, 1),
     "noise.fraction": within(0, 1),
     "noise.missing": within(0, 1),
@@ -260,7 +286,7 @@ def _value(cfg: DictConfig, key: str) -> Any:
 
 
 SCHEMA_NODES: dict[str, type] = {
-    "data": DataConfig, "data.split": SplitConfig, "model": ModelConfig, "noise": NoiseConfig,
+    "data": DataConfig, "data.split": SplitConfig, "noise": NoiseConfig,
     "trainer": TrainerConfig, "meta": MetaConfig, "active": ActiveConfig,
 }
 
@@ -276,7 +302,10 @@ def validate(cfg: DictConfig | dict) -> None:
     """
     cfg = cfg if isinstance(cfg, DictConfig) else OmegaConf.create(cfg)
     errors = []
-    for path, schema in SCHEMA_NODES.items():
+    nodes = dict(SCHEMA_NODES)
+    if _value(cfg, "model.name") in MODEL_SCHEMAS:
+        nodes["model"] = MODEL_SCHEMAS[_value(cfg, "model.name")]
+    for path, schema in nodes.items():
         node = _value(cfg, path)
         valid = [f.name for f in fields(schema)]
         if isinstance(node, DictConfig):
@@ -285,7 +314,7 @@ def validate(cfg: DictConfig | dict) -> None:
         value = _value(cfg, key)
         if value is not _ABSENT and not rule.ok(value):
             errors.append(f"{key}={value!r} is invalid: need {key} {rule.text}")
-    size, depth = _value(cfg, "data.size"), _value(cfg, "model.depth")
+    size, depth = _value(cfg, "data.size"), _value(cfg, "model.depth")  # other models: check_contract at build
     if _is_int(size) and _is_int(depth) and size > 0 and depth >= 1 and size % 2**depth:
         errors.append(f"data.size={size} must be divisible by 2**model.depth = {2**depth}: the U-Net halves it "
                       f"{depth} times")

@@ -31,7 +31,8 @@ def options(group: str) -> list[str]:
 
 
 def test_every_shipped_config_is_valid_and_fills_its_schema():
-    """Schemas add no key: every field is set by a yaml file (only data.params.root is left to the user).
+    """Schemas add no key: every field is set by a yaml file (only data.params.root and model=module's
+    model._target_ are left to the user).
     Groups whose nodes are schemaless plug-in options (loss, method, arm, ...) are composed in test_config."""
     runs = [("train", f"{group}={option}") for group in ("data", "model", "noise", "optim", "experiment", "debug")
             for option in options(group)]
@@ -39,7 +40,7 @@ def test_every_shipped_config_is_valid_and_fills_its_schema():
     with initialize_config_dir(CONFIG_DIR, version_base="1.3"):
         for name, override in runs:
             cfg = compose(name, overrides=[override])
-            assert OmegaConf.missing_keys(cfg) <= {"data.params.root"}, override
+            assert OmegaConf.missing_keys(cfg) <= {"data.params.root", "model._target_"}, override  # the user's
             validate(cfg)
 
 
@@ -206,17 +207,18 @@ def _parameters(plugin) -> list[str]:
 
 def test_schemas_of_plugin_nodes_match_the_plugin_signatures():
     """The typed schema nodes that hold one plug-in's options list exactly its parameters, in order
-    (model: the U-Net; meta: the meta method minus the loss it gets built); the range rules of the
+    (model: each model's; meta: the meta method minus the loss it gets built); the range rules of the
     schemaless optim node name options that some optimiser (or the schedule) takes."""
     from dataclasses import fields
 
     from noisyseg.methods import METHODS
     from noisyseg.models import MODELS
     from noisyseg.optim import OPTIMIZERS, build_optimizer
-    from noisyseg.schema import RULES, MetaConfig, ModelConfig
+    from noisyseg.schema import MODEL_SCHEMAS, RULES, MetaConfig
 
-    assert MODELS.names() == ["unet"]  # a second model would need its own schema node
-    assert [f.name for f in fields(ModelConfig)] == ["name", *_parameters(MODELS.get("unet"))]
+    assert set(MODELS.names()) == set(MODEL_SCHEMAS) | {"module"}  # module: the user's network's arguments
+    for name, schema in MODEL_SCHEMAS.items():
+        assert [f.name for f in fields(schema)] == ["name", *_parameters(MODELS.get(name))], name
     assert [f.name for f in fields(MetaConfig)] == [p for p in _parameters(METHODS.get("meta")) if p != "loss"]
     optim_options = {p for name in OPTIMIZERS.names() for p in _parameters(OPTIMIZERS.get(name))}
     optim_options |= set(_parameters(build_optimizer))

@@ -6,7 +6,7 @@ import torch.autograd.forward_ad as fwAD
 import torch.nn.functional as F
 from torch import nn
 
-from noisyseg.tangents import RULES, TangentUnsupported, forward_with_tangent, has_plan
+from noisyseg.tangents import RULES, TangentUnsupported, forward_with_tangent, has_plan, unsupported_ops
 from noisyseg.tangents.mode import _PLANS, _TangentMode
 
 D = torch.float64
@@ -68,6 +68,28 @@ CASES = {
                   * (16 / (torch.sigmoid(z).sum((1, 2, 3), keepdim=True) + y.sum((1, 2, 3), keepdim=True) + 1.0)),
                   [(2, 1, 4, 4), (2, 1, 4, 4)]),
     "in_place": (lambda a, b: (a * 1).add_(b, alpha=2).mul_(3).div_(2).sub_(b) + torch.zeros_like(a).copy_(b), [(3, 4), (3, 4)]),
+    # the ops of segmentation_models_pytorch / timm encoders and decoders
+    "conv_strided_grouped": (lambda x, w1, w2: F.conv2d(F.conv2d(x, w1, stride=2, padding=1, groups=4), w2, dilation=2),
+                             [(2, 4, 9, 9), (4, 1, 3, 3), (2, 4, 2, 2)]),
+    "in_place_products": (lambda a, b: (a * 1).mul_(a.sigmoid()) + (a * 1).mul_(b) + (b * 1).div_(a.abs() + 1)
+                          + (a * 1).mul_(2.0), [(3, 4), (3, 4)]),
+    "in_place_activations": (lambda x: F.silu(x * 1, inplace=True) + F.hardswish(x * 1, inplace=True)
+                             + F.hardsigmoid(x * 1, inplace=True) + F.relu6(x * 1, inplace=True)
+                             + F.hardtanh(x * 1, -0.5, 0.5, inplace=True) + F.elu(x * 1, inplace=True)
+                             + F.mish(x * 1, inplace=True) + (x * 1).sigmoid_() + (x * 1).tanh_(), [(3, 7)]),
+    "activations": (lambda x: F.hardswish(x * 2) + F.hardsigmoid(x * 2) + F.relu6(x * 4) + F.elu(x, 0.5) + F.mish(x)
+                    + F.softplus(x, 2.0) + x.abs().add(0.1).rsqrt() + x.masked_fill(x > 0.5, 3.0), [(3, 7)]),
+    "softmax": (lambda x: F.softmax(x, 1) + F.log_softmax(x, -1), [(2, 3, 5)]),
+    "layer_norm": (lambda x, w, b: F.layer_norm(x, (4, 5), w, b) + F.layer_norm(x, (5,)), [(2, 3, 4, 5), (4, 5), (4, 5)]),
+    "adaptive_pools": (lambda x: F.adaptive_avg_pool2d(x, 1).sum((2, 3)) + F.adaptive_avg_pool2d(x, (2, 3)).sum((2, 3))
+                       + F.adaptive_max_pool2d(x, (3, 2)).sum((2, 3)), [(2, 3, 7, 6)]),
+    "max_pool_strided": (lambda x: F.max_pool2d(x, 3, stride=2, padding=1) + F.avg_pool2d(x, 3, 2, 1, count_include_pad=False),
+                         [(2, 3, 8, 8)]),
+    "upsample_aligned": (lambda x: F.interpolate(x, size=(7, 9), mode="bilinear", align_corners=True)
+                         + F.interpolate(x, size=(7, 9), mode="bicubic") + F.interpolate(x, size=(7, 9), mode="nearest-exact"),
+                         [(2, 3, 4, 5)]),
+    "shape_ops": (lambda x: x.repeat(1, 2, 1, 1).roll(1, 2).flip(3)[:, :3] + F.pixel_unshuffle(x, 2).sum()
+                  + F.unfold(x, 2).sum() + F.pad(x, (1, 1, 1, 1), mode="reflect")[..., 1:-1, 1:-1], [(2, 3, 4, 4)]),
 }
 
 
@@ -128,8 +150,10 @@ def test_unsupported_ops_and_patterns_raise():
         forward_with_tangent(lambda: (x * 1)[:, :2].relu_(), {x: t})
     with pytest.raises(TangentUnsupported, match="view"):  # in place on a tensor a view was taken of
         forward_with_tangent(lambda: [y := x * 1, y[:, :1], y.relu_()][-1], {x: t})
-    with pytest.raises(TangentUnsupported, match="tangent"):
-        forward_with_tangent(lambda: (x * 1).mul_(x), {x: t})
+    # every unsupported op is named, after the forward ran to its end
+    with pytest.raises(TangentUnsupported, match=r"no tangent rule for aten.sin.default, aten.cos.default; .*view") as err:
+        forward_with_tangent(lambda: (x * 1)[:, :2].relu_().sin().cos().sin(), {x: t})
+    assert len(err.value.problems) == 3
     # no tangent input: any op is fine
     out, tangent = forward_with_tangent(lambda: torch.sin(x), {})
     assert torch.equal(out, torch.sin(x)) and not tangent.any()
@@ -183,3 +207,19 @@ def test_a_forward_that_differs_from_its_plan_is_still_exact():
     expected = reference(lambda a, b: (a * 2).exp() + (a * 2).sigmoid() * b, [a0, b0], [ta, tb])
     _, got = forward_with_tangent(fn, {a0: ta, b0: tb}, plan_key=key)
     assert torch.allclose(got, expected, rtol=1e-12)
+
+
+class _SinCos(nn.Module):
+    def forward(self, x):
+        return torch.cos(torch.sin(x))  # neither has a tangent rule
+
+
+def test_unsupported_ops_of_a_model_are_listed_without_side_effects():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.Hardswish(inplace=True), nn.Conv2d(4, 1, 1))
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    x = torch.randn(2, 3, 8, 8)
+    assert unsupported_ops(model, x) == []
+    assert unsupported_ops(nn.Sequential(model, _SinCos()), x) == ["no tangent rule for aten.sin.default",
+                                                                   "no tangent rule for aten.cos.default"]
+    assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())  # BN statistics untouched

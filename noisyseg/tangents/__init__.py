@@ -16,15 +16,19 @@ input tangents. Three facts keep them short and fast:
   per-channel scale) a symmetric one, so J·t = Jᵀ·t and the op's own *backward* kernel applied to
   the tangent is the tangent (one fused kernel instead of a chain of elementwise ops).
 
-An op with a tangent input but no rule, an in-place op on a view (or on a tensor that has views),
-or a tangent that is needed after it was dropped (below) raises :class:`TangentUnsupported`; the
-caller then falls back to ``torch.autograd.forward_ad``, so an unknown model is slower, never wrong.
+An op with a tangent input but no rule or an in-place op on a view (or on a tensor that has views)
+raises :class:`TangentUnsupported` at the end of the forward, naming every such op (so one fallback
+warning lists them all; :func:`unsupported_ops` asks it of a model up front); a tangent that is needed
+after it was dropped (below) raises at once. The caller then falls back to
+``torch.autograd.forward_ad``, so an unknown model is slower, never wrong. In-place ops whose tangent
+needs the value they overwrite (``x.mul_(x.sigmoid())``, ``silu_``) have rules that run before the op.
 
 Memory: autograd keeps the activations it saved for backward alive, and tangents keyed by them would
 live as long. Given a ``plan_key``, the first forward records which step last reads each tangent and
 later forwards of the same structure free tangents right after that step (see :class:`_TangentMode`).
 """
-from noisyseg.tangents.mode import forward_with_tangent, has_plan
-from noisyseg.tangents.rules import IN_PLACE, RULES, Rule, TangentUnsupported, rule
+from noisyseg.tangents.mode import forward_with_tangent, has_plan, unsupported_ops
+from noisyseg.tangents.rules import BEFORE, IN_PLACE, RULES, Rule, TangentUnsupported, rule
 
-__all__ = ["IN_PLACE", "RULES", "Rule", "TangentUnsupported", "forward_with_tangent", "has_plan", "rule"]
+__all__ = ["BEFORE", "IN_PLACE", "RULES", "Rule", "TangentUnsupported", "forward_with_tangent", "has_plan", "rule",
+           "unsupported_ops"]

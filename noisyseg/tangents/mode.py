@@ -7,11 +7,15 @@ from dataclasses import dataclass, field
 from typing import Callable, Hashable, Mapping, Optional, Sequence
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.weak import WeakIdKeyDictionary
 
-from noisyseg.tangents.rules import IN_PLACE, RULES, TangentUnsupported, _linear_first, _none
+from noisyseg.tangents.rules import BEFORE, IN_PLACE, RULES, TangentUnsupported, _none
+
+
+class _PlanMismatch(TangentUnsupported):
+    """A tangent freed by the plan of an earlier forward was read again: stop at once (not a missing rule)."""
 
 
 @dataclass
@@ -43,12 +47,13 @@ class _TangentMode(TorchDispatchMode):
         self.viewed = WeakIdKeyDictionary()  # tensors a view was taken of (in place on them is unsafe)
         self.replay, self.record = plan, _Plan() if plan is None else None
         self.step = 0
+        self.problems: dict[str, None] = {}  # unsupported ops and patterns met, in order (the forward goes on)
 
     def tangent(self, x: object) -> Optional[Tensor]:
         if not isinstance(x, Tensor):
             return None
         if x in self.freed:
-            raise TangentUnsupported("a tangent freed by the plan of an earlier forward was read again")
+            raise _PlanMismatch("a tangent freed by the plan of an earlier forward was read again")
         t = self.tangents.get(x)
         return self.seeds.get(x) if t is None else t
 
@@ -62,28 +67,38 @@ class _TangentMode(TorchDispatchMode):
         inputs = [a for a in _flat([*args, *kwargs.values()]) if isinstance(a, Tensor) and self.tangent(a) is not None]
         if not inputs:
             return func(*args, **kwargs)
-        if fn is None and "out" not in kwargs:  # fine if nothing differentiable comes out (comparisons, ...)
-            out = func(*args, **kwargs)
-            if not any(isinstance(o, Tensor) and o.is_floating_point() for o in _flat([out])):
-                return out
+        problem, result = None, None
         if fn is None or "out" in kwargs:
-            raise TangentUnsupported(f"no tangent rule for {func}" + (" with out=" if fn else ""))
-        if func in IN_PLACE and (args[0]._is_view() or args[0] in self.viewed):
-            raise TangentUnsupported(f"{func} on a view or on a tensor with views")
+            problem = f"no tangent rule for {func}" + (" with out=" if fn else "")
+        elif func in IN_PLACE and (args[0]._is_view() or args[0] in self.viewed):
+            problem = f"{func} on a view or on a tensor with views"
+        elif func in BEFORE:  # reads what the op overwrites
+            result, problem = self._rule(fn, func, args, kwargs, None)
         out = func(*args, **kwargs)
-        if fn is _linear_first and _is_view_op(func):
+        if fn is None and not any(isinstance(o, Tensor) and o.is_floating_point() for o in _flat([out])):
+            return out  # fine: nothing differentiable comes out (comparisons, argmax, ...)
+        if _is_view_op(func):
             self.viewed[args[0]] = True
-        try:
-            with torch.no_grad():
-                result = fn(func, args, kwargs, out, self.tangent)
-        except TangentUnsupported:
-            raise
-        except Exception as err:  # e.g. an overload whose outputs differ on another device or torch version:
-            raise TangentUnsupported(f"the tangent rule of {func} failed: {err!r}") from err  # fall back, not crash
+        if problem is None and func not in BEFORE:
+            result, problem = self._rule(fn, func, args, kwargs, out)
+        if problem is not None:  # noted; zeros let the forward go on and meet every other unsupported op
+            self.problems[problem] = None
+            result = _zeros(out)
         self._account(func, inputs)
         self._store(out, result, 0)
         self.step += 1
         return out
+
+    def _rule(self, fn, func, args, kwargs, out) -> tuple[object, Optional[str]]:
+        try:
+            with torch.no_grad():
+                return fn(func, args, kwargs, out, self.tangent), None
+        except _PlanMismatch:
+            raise
+        except TangentUnsupported as err:
+            return None, str(err)
+        except Exception as err:  # e.g. an overload whose outputs differ on another device or torch version:
+            return None, f"the tangent rule of {func} failed: {err!r}"  # fall back, not crash
 
     def _account(self, func: object, inputs: list[Tensor]) -> None:
         reads = [self.producer.get(x) for x in inputs]
@@ -116,9 +131,17 @@ class _TangentMode(TorchDispatchMode):
                 self.producer[out] = (self.step, slot)
 
 
+def _zeros(out: object) -> object:
+    if isinstance(out, (tuple, list)):
+        return [_zeros(o) for o in out]
+    return torch.zeros_like(out) if isinstance(out, Tensor) and out.is_floating_point() else None
+
+
 def _is_view_op(func: object) -> bool:
+    """Whether ``func`` returns a view of its first argument (not an in-place op, which returns that argument)."""
     schema = func._schema
-    return bool(schema.returns) and schema.returns[0].alias_info is not None
+    info = schema.returns[0].alias_info if schema.returns else None
+    return info is not None and not info.is_write
 
 
 def _flat(args: Sequence[object]) -> list[object]:
@@ -144,15 +167,21 @@ def forward_with_tangent(fn: Callable[[], Tensor], tangents: Mapping[Tensor, Ten
     ``fn`` runs normally (under the caller's grad mode, so its graph can be reused); the tangent is
     computed off the tape. ``plan_key`` names forwards with the same structure (model, shapes, mode):
     the first one is recorded and later ones free each tangent after its last use (record it under
-    ``no_grad``, where nothing is saved for backward, to keep that first forward lean too). Raises
-    :class:`TangentUnsupported` for an op without a rule, after which ``fn`` has run partially: call it
-    on state you can discard (e.g. cloned buffers).
+    ``no_grad``, where nothing is saved for backward, to keep that first forward lean too).
+
+    Raises:
+        TangentUnsupported: ``fn`` used ops without a rule (or unsupported patterns); ``fn`` has then run
+            to its end, so that the message (and ``err.problems``) lists all of them, e.g. ``no tangent
+            rule for aten.sin.default, aten.cos.default``. Call ``fn`` on state you can discard (e.g.
+            cloned buffers).
     """
     plan = _PLANS.get(plan_key) if plan_key is not None else None
     mode = _TangentMode(tangents, plan)
     try:
         with mode:
             out = fn()
+        if mode.problems:
+            raise _unsupported(list(mode.problems))
     except TangentUnsupported:
         _PLANS.pop(plan_key, None)  # e.g. the plan freed a tangent this forward reads: learn it again
         raise
@@ -165,3 +194,28 @@ def forward_with_tangent(fn: Callable[[], Tensor], tangents: Mapping[Tensor, Ten
         _PLANS.pop(plan_key, None)
     tangent = mode.tangent(out)
     return out, torch.zeros_like(out) if tangent is None else tangent
+
+
+def _unsupported(problems: list[str]) -> TangentUnsupported:
+    """One error for all problems: missing rules named together, then the other patterns."""
+    prefix = "no tangent rule for "
+    missing = [p[len(prefix):] for p in problems if p.startswith(prefix)]
+    parts = ([prefix + ", ".join(missing)] if missing else []) + [p for p in problems if not p.startswith(prefix)]
+    err = TangentUnsupported("; ".join(parts))
+    err.problems = problems
+    return err
+
+
+def unsupported_ops(model: nn.Module, images: Tensor) -> list[str]:
+    """The ops and patterns of ``model(images)`` that :mod:`noisyseg.tangents` has no rule for (with a
+    tangent on every trainable parameter); ``[]`` when the ``jvp`` meta backend runs the model on its
+    rules alone. ``model`` is not changed: the forward runs functionally on cloned buffers, without grad."""
+    params = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    state = {**dict(model.named_parameters()), **{n: b.clone() for n, b in model.named_buffers()}}
+    seeds = {p: torch.randn_like(p) for p in params.values()}
+    try:
+        with torch.no_grad():
+            forward_with_tangent(lambda: torch.func.functional_call(model, state, (images,)), seeds)
+    except TangentUnsupported as err:
+        return list(getattr(err, "problems", [str(err)]))
+    return []

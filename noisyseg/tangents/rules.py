@@ -11,6 +11,7 @@ aten = torch.ops.aten
 Rule = Callable[..., object]  # (func, args, kwargs, out, T) -> tangent(s) of out; T(x): x's tangent or None
 RULES: dict[object, Rule] = {}
 IN_PLACE: set[object] = set()  # rules of ops that overwrite args[0]
+BEFORE: set[object] = set()  # rules run before their op, with out=None: they read what the op overwrites
 
 
 class TangentUnsupported(RuntimeError):
@@ -28,14 +29,18 @@ def _ops(names: str) -> list[object]:
     return found
 
 
-def rule(names: str, in_place: bool = False) -> Callable[[Rule], Rule]:
+def rule(names: str, in_place: bool = False, before: bool = False) -> Callable[[Rule], Rule]:
     """Register the decorated function as the tangent rule of the named aten ops ("name.overload", space
-    separated); ``in_place``: the ops overwrite ``args[0]``, which must then be neither a view nor viewed."""
+    separated); ``in_place``: the ops overwrite ``args[0]``, which must then be neither a view nor viewed;
+    ``before``: the rule runs before the op (``out`` is None), for in-place ops whose tangent needs the
+    value they overwrite (``x.mul_(y)`` with a tangent on ``y``, ``silu_``, ...)."""
     def register(fn: Rule) -> Rule:
         for op in _ops(names):
             RULES[op] = fn
             if in_place:
                 IN_PLACE.add(op)
+            if before:
+                BEFORE.add(op)
         return fn
     return register
 
@@ -66,7 +71,12 @@ def _none(func, args, kwargs, out, T):
       "neg.default sum.default sum.dim_IntList mean.default mean.dim avg_pool2d.default "
       "upsample_nearest2d.vec upsample_bilinear2d.vec upsample_nearest2d.default upsample_bilinear2d.default "
       "pixel_shuffle.default "
-      "mul.Scalar div.Scalar split.Tensor split_with_sizes.default unbind.int")
+      "mul.Scalar div.Scalar split.Tensor split_with_sizes.default unbind.int "
+      "_adaptive_avg_pool2d.default upsample_bicubic2d.vec upsample_bicubic2d.default "
+      "_upsample_nearest_exact2d.vec _upsample_nearest_exact2d.default _upsample_bilinear2d_aa.vec "
+      "_upsample_bilinear2d_aa.default pixel_unshuffle.default channel_shuffle.default repeat.default "
+      "roll.default flip.default narrow.default unfold.default im2col.default col2im.default index.Tensor "
+      "_unsafe_index.Tensor reflection_pad2d.default replication_pad2d.default")
 def _linear_first(func, args, kwargs, out, T):
     """Linear in its first argument; the others are shapes, dims or scalars."""
     return func(T(args[0]), *args[1:], **kwargs)
@@ -158,11 +168,13 @@ def _leaky_relu(func, args, kwargs, out, T):
     return aten.leaky_relu_backward(T(args[0]), out, slope, True)  # sign(out) == sign(x) for slope > 0
 
 
+@rule("sigmoid_.default", in_place=True)
 @rule("sigmoid.default")
 def _sigmoid(func, args, kwargs, out, T):
     return aten.sigmoid_backward(T(args[0]), out)
 
 
+@rule("tanh_.default", in_place=True)
 @rule("tanh.default")
 def _tanh(func, args, kwargs, out, T):
     return aten.tanh_backward(T(args[0]), out)
@@ -173,9 +185,63 @@ def _gelu(func, args, kwargs, out, T):
     return aten.gelu_backward(T(args[0]), args[0], approximate=kwargs.get("approximate", "none"))
 
 
+@rule("silu_.default", in_place=True, before=True)
 @rule("silu.default")
 def _silu(func, args, kwargs, out, T):
     return aten.silu_backward(T(args[0]), args[0])
+
+
+@rule("hardswish_.default", in_place=True, before=True)
+@rule("hardswish.default")
+def _hardswish(func, args, kwargs, out, T):
+    return aten.hardswish_backward(T(args[0]), args[0])
+
+
+@rule("hardsigmoid_.default", in_place=True, before=True)
+@rule("hardsigmoid.default")
+def _hardsigmoid(func, args, kwargs, out, T):
+    return aten.hardsigmoid_backward(T(args[0]), args[0])
+
+
+@rule("mish_.default", in_place=True, before=True)
+@rule("mish.default")
+def _mish(func, args, kwargs, out, T):
+    return aten.mish_backward(T(args[0]), args[0])
+
+
+@rule("hardtanh_.default", in_place=True)
+@rule("hardtanh.default")
+def _hardtanh(func, args, kwargs, out, T):
+    """ReLU6 too. After an in-place op ``args[0]`` holds the output, inside (min, max) exactly where the input was."""
+    low, high = (list(args[1:3]) + [-1.0, 1.0][len(args) - 1:])[:2]
+    return aten.hardtanh_backward(T(args[0]), args[0], kwargs.get("min_val", low), kwargs.get("max_val", high))
+
+
+@rule("elu_.default", in_place=True)
+@rule("elu.default")
+def _elu(func, args, kwargs, out, T):
+    alpha, scale, input_scale = (list(args[1:4]) + [1.0, 1.0, 1.0][len(args) - 1:])[:3]
+    if func is aten.elu_.default:  # from the result (valid for alpha >= 0, as the backward kernel says)
+        return aten.elu_backward(T(args[0]), alpha, scale, input_scale, True, out)
+    return aten.elu_backward(T(args[0]), alpha, scale, input_scale, False, args[0])
+
+
+@rule("softplus.default")
+def _softplus(func, args, kwargs, out, T):
+    beta, threshold = (list(args[1:3]) + [1.0, 20.0][len(args) - 1:])[:2]
+    return aten.softplus_backward(T(args[0]), args[0], beta, threshold)
+
+
+@rule("_softmax.default")
+def _softmax(func, args, kwargs, out, T):
+    """The softmax Jacobian diag(s) − s sᵀ is symmetric: its backward kernel maps the tangent."""
+    return aten._softmax_backward_data(T(args[0]), out, args[1], args[0].dtype)
+
+
+@rule("_log_softmax.default")
+def _log_softmax(func, args, kwargs, out, T):
+    t = T(args[0])
+    return t - (out.exp() * t).sum(args[1], keepdim=True)
 
 
 @rule("exp.default")
@@ -197,6 +263,11 @@ def _reciprocal(func, args, kwargs, out, T):
 def _pow(func, args, kwargs, out, T):
     x, n = args
     return T(x) * (n * x.pow(n - 1))
+
+
+@rule("rsqrt.default")
+def _rsqrt(func, args, kwargs, out, T):
+    return T(args[0]) * (-0.5 * out * out * out)
 
 
 @rule("sqrt.default")
@@ -225,10 +296,44 @@ def _bce_with_logits(func, args, kwargs, out, T):
     return t if reduction == 0 else t.mean() if reduction == 1 else t.sum()
 
 
-@rule("max_pool2d_with_indices.default")
+@rule("max_pool2d_with_indices.default adaptive_max_pool2d.default")
 def _max_pool(func, args, kwargs, out, T):
+    """The tangent at each window's argmax (indices into the flattened H·W plane of each channel)."""
     values, indices = out
-    return T(args[0]).flatten(2).gather(2, indices.flatten(2)).view_as(values), None
+    return T(args[0]).flatten(-2).gather(-1, indices.flatten(-2)).view_as(values), None
+
+
+@rule("max_pool2d.default")
+def _max_pool_no_indices(func, args, kwargs, out, T):
+    _, indices = aten.max_pool2d_with_indices(*args, **kwargs)
+    return T(args[0]).flatten(-2).gather(-1, indices.flatten(-2)).view_as(out)
+
+
+@rule("masked_fill.Scalar")
+def _masked_fill(func, args, kwargs, out, T):
+    return aten.masked_fill(T(args[0]), args[1], 0.0)  # the fill value is a constant
+
+
+def _same_layout_view(t: Tensor, x: Tensor, size, stride, offset) -> Tensor:
+    """``t.as_strided`` as ``x.as_strided(size, stride, offset)``, when ``t`` is laid out in memory as ``x``."""
+    if t.shape != x.shape or t.stride() != x.stride():
+        raise TangentUnsupported("as_strided on a tensor whose tangent is laid out differently")
+    start = t.storage_offset() + ((x.storage_offset() if offset is None else offset) - x.storage_offset())
+    end = start + sum((n - 1) * s for n, s in zip(size, stride)) + 1
+    if start < 0 or (all(size) and end > t.untyped_storage().nbytes() // t.element_size()):
+        raise TangentUnsupported("as_strided beyond the storage of its tangent")
+    return t.as_strided(size, stride, start)
+
+
+@rule("as_strided.default")
+def _as_strided(func, args, kwargs, out, T):
+    return _same_layout_view(T(args[0]), args[0], *(list(args[1:4]) + [None])[:3])
+
+
+@rule("as_strided_.default", in_place=True, before=True)
+def _as_strided_(func, args, kwargs, out, T):
+    """adaptive_avg_pool2d(x, 1) restrides its mean in place; the tangent takes a restrided view."""
+    return _same_layout_view(T(args[0]), args[0], *(list(args[1:4]) + [None])[:3])
 
 
 @rule("native_dropout.default")
@@ -283,6 +388,23 @@ def _group_norm(func, args, kwargs, out, T):
     return res, None, None
 
 
+@rule("native_layer_norm.default")
+def _layer_norm(func, args, kwargs, out, T):
+    """As group norm: dx̂ by the backward kernel without γ (symmetric), then γ, x̂·dγ and dβ."""
+    x, shape, w, b = args[:4]
+    tx, tw, tb = T(x), T(w) if w is not None else None, T(b) if b is not None else None
+    _, mean, rstd = out
+    res = None
+    if tx is not None:
+        res = aten.native_layer_norm_backward(tx, x, shape, mean, rstd, None, None, [True, False, False])[0]
+        res = res if w is None else res.mul_(w)
+    if tw is not None:
+        res = _plus(res, (x - mean) * rstd * tw)
+    if tb is not None:
+        res = _plus(res, tb.expand_as(out[0]).clone())
+    return res, None, None
+
+
 # --- in place ------------------------------------------------------------------------------------
 @rule("add_.Tensor sub_.Tensor", in_place=True)
 def _add_(func, args, kwargs, out, T):
@@ -301,11 +423,14 @@ def _scale_(func, args, kwargs, out, T):
     return aten.mul.Scalar(T(args[0]), args[1]) if func is aten.mul_.Scalar else aten.div.Scalar(T(args[0]), args[1])
 
 
-@rule("mul_.Tensor div_.Tensor", in_place=True)
+@rule("mul_.Tensor div_.Tensor", in_place=True, before=True)
 def _scale_by_tensor_(func, args, kwargs, out, T):
-    if T(args[1]) is not None:  # needs the overwritten value of args[0]
-        raise TangentUnsupported(f"{func} by a tensor that has a tangent")
-    return T(args[0]) * args[1] if func is aten.mul_.Tensor else T(args[0]) / args[1]
+    """Before the op: the product rule reads the value of ``args[0]`` that it overwrites (``x.mul_(x.sigmoid())``)."""
+    a, b = args[:2]
+    ta, tb = T(a), T(b) if isinstance(b, Tensor) else None
+    if func is aten.mul_.Tensor:
+        return _plus(None if ta is None else ta * b, None if tb is None else a * tb)
+    return _plus(None if ta is None else ta / b, None if tb is None else -a * tb / (b * b))
 
 
 @rule("copy_.default", in_place=True)
