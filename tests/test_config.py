@@ -138,3 +138,12 @@ def test_python_defaults_agree_with_the_config_file(group, name):
 def test_method_classes_are_named_after_their_config(name):
     """method=noisy is NoisyPooled, method=noisy_only NoisyOnly, method=meta MetaReweighted, ..."""
     assert METHODS.get(name).__name__.lower().startswith(name.replace("_", ""))  # ADELE, MTCL, CoTeaching too
+
+
+def test_active_learning_with_meta_uses_the_benchmarks_best_meta_variant():
+    """active/arm=ceal_meta (CEAL's pseudo-labels reweighted by the meta step) runs arm=meta_best's options,
+    so the active-learning curve measures the variant the benchmark chose on validation data."""
+    best = compose_with("arm=meta_best").meta
+    active = compose_with("active/arm=ceal_meta", name="active_loop").meta
+    assert OmegaConf.to_container(active) == OmegaConf.to_container(best)
+    assert compose_with("active/arm=ceal_meta", name="active_loop").method.name == "meta"

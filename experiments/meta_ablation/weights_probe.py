@@ -1,6 +1,7 @@
 """Which pixels do the meta weights favour as a model learns, and why? The probe behind the meta variants.
 
     python experiments/meta_ablation/weights_probe.py [--noise coarse] [--level 0.5] [--steps 400] [--out DIR]
+    python experiments/meta_ablation/weights_probe.py --checkpoint RUN [RUN ...]   # models trained by a benchmark
 
 Trains a small U-Net on 20 clean synthetic 48x48 images (bce+dice, Adam) and, every ``--every`` steps,
 computes the exact meta gradient u of 8 noisy images against 8 clean ones it never trains on (per-pixel
@@ -14,7 +15,9 @@ noisy label is wrong / right: the mean residual, the share passing the sign test
 those that pass, and per label class the pass rate (a sign set by the clean batch's global bias passes
 one class and fails the other). Then the wrong:right weight ratio (mean weight of wrong-label pixels
 over that of right ones; < 1 is what a weighting should achieve) of every stateless weighting.
-Writes ``probe.csv`` and ``wrong_right_ratio.png`` to ``--out``.
+Writes ``probe.csv`` and ``wrong_right_ratio.png`` to ``--out``. With ``--checkpoint``, probes the
+final models of benchmark runs instead (at their image size, no training): does the sign test still pass
+one label class and fail the other in a model trained on noisy masks, and which class?
 """
 from __future__ import annotations
 
@@ -36,10 +39,10 @@ from noisyseg.noise import corrupt
 LR = 1e-3
 
 
-def batch(indices: range, kind: str, level: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def batch(indices: range, kind: str, level: float, size: int = 48) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     images, labels, truth = [], [], []
     for i in indices:
-        image, mask = make_lesion(0, i, 48)
+        image, mask = make_lesion(0, i, size)
         images.append(to_tensor(image))
         labels.append(torch.from_numpy(corrupt(mask, kind, level, seed=i)).float()[None])
         truth.append(torch.from_numpy(mask).float()[None])
@@ -93,6 +96,20 @@ def plot(rows: list[dict], path: Path) -> None:
     fig.savefig(path, dpi=120)
 
 
+def probe_checkpoints(args: argparse.Namespace) -> None:
+    from noisyseg.predict import load_predictor
+
+    print("run | pass wrong right | pass lesion-label skin-label | wrong:right l2rw sign")
+    for run in args.checkpoint:
+        predictor = load_predictor(run, "cpu")
+        model = predictor.model.train()
+        noisy_x, noisy_y, truth = batch(range(100, 116), args.noise, args.level, predictor.size)
+        meta_x, meta_y, _ = batch(range(200, 216), args.noise, 0.0, predictor.size)
+        row = probe(model, (noisy_x, noisy_y), truth, (meta_x, meta_y))
+        print(f"{run} | {row['wrong_pass']:.2f} {row['right_pass']:.2f} | {row['lesion_label_pass']:.2f} "
+              f"{row['skin_label_pass']:.2f} | {row['ratio_l2rw']:.2f} {row['ratio_sign']:.2f}", flush=True)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--noise", default="coarse")
@@ -101,8 +118,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--every", type=int, default=50)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=Path("experiments/results/weights_probe"))
+    parser.add_argument("--checkpoint", nargs="*", default=[], help="probe these runs' models (run folders)")
     args = parser.parse_args(argv)
     warnings.filterwarnings("ignore", category=DeprecationWarning)
+    if args.checkpoint:
+        return probe_checkpoints(args)
     torch.manual_seed(args.seed)
     model = UNet(depth=3, base_width=8).train()
     clean_x, clean_y, _ = batch(range(20), args.noise, 0.0)
