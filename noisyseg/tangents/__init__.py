@@ -16,6 +16,9 @@ input tangents. Three facts keep them short and fast:
   per-channel scale) a symmetric one, so J·t = Jᵀ·t and the op's own *backward* kernel applied to
   the tangent is the tangent (one fused kernel instead of a chain of elementwise ops).
 
+The table and the linear and bilinear rules are in :mod:`~noisyseg.tangents.rules`, the elementwise
+ones in :mod:`~noisyseg.tangents.pointwise`, the normalisation ones in :mod:`~noisyseg.tangents.norms`.
+
 An op with a tangent input but no rule or an in-place op on a view (or on a tensor that has views)
 raises :class:`TangentUnsupported` at the end of the forward, naming every such op (so one fallback
 warning lists them all; :func:`unsupported_ops` asks it of a model up front); a tangent that is needed
@@ -27,6 +30,7 @@ Memory: autograd keeps the activations it saved for backward alive, and tangents
 live as long. Given a ``plan_key``, the first forward records which step last reads each tangent and
 later forwards of the same structure free tangents right after that step (see :class:`_TangentMode`).
 """
+from noisyseg.tangents import norms, pointwise  # noqa: F401  (register the normalisation and pointwise rules)
 from noisyseg.tangents.mode import forward_with_tangent, has_plan, unsupported_ops
 from noisyseg.tangents.rules import BEFORE, IN_PLACE, RULES, Rule, TangentUnsupported, rule
 

@@ -1,5 +1,9 @@
-"""Tangent rules, one per aten op (:data:`RULES`), registered with :func:`rule`; the dispatch machinery
-that applies them is :mod:`noisyseg.tangents.mode`, the why of their shapes :mod:`noisyseg.tangents`."""
+"""Tangent rules, one per aten op (:data:`RULES`), registered with :func:`rule`: the table, and the rules
+of the ops that are linear or bilinear in their tensors (views and shapes, sums, pooling by averaging,
+selections, convolution, products, the in-place forms). The nonlinear pointwise rules are in
+:mod:`noisyseg.tangents.pointwise`, the normalisation rules in :mod:`noisyseg.tangents.norms`; the package
+imports both, so the table is complete once :mod:`noisyseg.tangents` is. The dispatch machinery that
+applies the rules is :mod:`noisyseg.tangents.mode`, the why of their shapes :mod:`noisyseg.tangents`."""
 from __future__ import annotations
 
 from typing import Callable, Optional
@@ -154,148 +158,7 @@ def _addmm(func, args, kwargs, out, T):
     return _plus(res, None if tbias is None else (beta * tbias).expand_as(out).clone())
 
 
-# --- elementwise: diagonal Jacobian, so the backward kernel is the tangent map --------------------
-@rule("relu_.default", in_place=True)
-@rule("relu.default")
-def _relu(func, args, kwargs, out, T):
-    return aten.threshold_backward(T(args[0]), out, 0)
-
-
-@rule("leaky_relu_.default", in_place=True)
-@rule("leaky_relu.default")
-def _leaky_relu(func, args, kwargs, out, T):
-    slope = args[1] if len(args) > 1 else 0.01
-    return aten.leaky_relu_backward(T(args[0]), out, slope, True)  # sign(out) == sign(x) for slope > 0
-
-
-@rule("sigmoid_.default", in_place=True)
-@rule("sigmoid.default")
-def _sigmoid(func, args, kwargs, out, T):
-    return aten.sigmoid_backward(T(args[0]), out)
-
-
-@rule("tanh_.default", in_place=True)
-@rule("tanh.default")
-def _tanh(func, args, kwargs, out, T):
-    return aten.tanh_backward(T(args[0]), out)
-
-
-@rule("gelu.default")
-def _gelu(func, args, kwargs, out, T):
-    return aten.gelu_backward(T(args[0]), args[0], approximate=kwargs.get("approximate", "none"))
-
-
-@rule("silu_.default", in_place=True, before=True)
-@rule("silu.default")
-def _silu(func, args, kwargs, out, T):
-    return aten.silu_backward(T(args[0]), args[0])
-
-
-@rule("hardswish_.default", in_place=True, before=True)
-@rule("hardswish.default")
-def _hardswish(func, args, kwargs, out, T):
-    return aten.hardswish_backward(T(args[0]), args[0])
-
-
-@rule("hardsigmoid_.default", in_place=True, before=True)
-@rule("hardsigmoid.default")
-def _hardsigmoid(func, args, kwargs, out, T):
-    return aten.hardsigmoid_backward(T(args[0]), args[0])
-
-
-@rule("mish_.default", in_place=True, before=True)
-@rule("mish.default")
-def _mish(func, args, kwargs, out, T):
-    return aten.mish_backward(T(args[0]), args[0])
-
-
-@rule("hardtanh_.default", in_place=True)
-@rule("hardtanh.default")
-def _hardtanh(func, args, kwargs, out, T):
-    """ReLU6 too. After an in-place op ``args[0]`` holds the output, inside (min, max) exactly where the input was."""
-    low, high = (list(args[1:3]) + [-1.0, 1.0][len(args) - 1:])[:2]
-    return aten.hardtanh_backward(T(args[0]), args[0], kwargs.get("min_val", low), kwargs.get("max_val", high))
-
-
-@rule("elu_.default", in_place=True)
-@rule("elu.default")
-def _elu(func, args, kwargs, out, T):
-    alpha, scale, input_scale = (list(args[1:4]) + [1.0, 1.0, 1.0][len(args) - 1:])[:3]
-    if func is aten.elu_.default:  # from the result (valid for alpha >= 0, as the backward kernel says)
-        return aten.elu_backward(T(args[0]), alpha, scale, input_scale, True, out)
-    return aten.elu_backward(T(args[0]), alpha, scale, input_scale, False, args[0])
-
-
-@rule("softplus.default")
-def _softplus(func, args, kwargs, out, T):
-    beta, threshold = (list(args[1:3]) + [1.0, 20.0][len(args) - 1:])[:2]
-    return aten.softplus_backward(T(args[0]), args[0], beta, threshold)
-
-
-@rule("_softmax.default")
-def _softmax(func, args, kwargs, out, T):
-    """The softmax Jacobian diag(s) − s sᵀ is symmetric: its backward kernel maps the tangent."""
-    return aten._softmax_backward_data(T(args[0]), out, args[1], args[0].dtype)
-
-
-@rule("_log_softmax.default")
-def _log_softmax(func, args, kwargs, out, T):
-    t = T(args[0])
-    return t - (out.exp() * t).sum(args[1], keepdim=True)
-
-
-@rule("exp.default")
-def _exp(func, args, kwargs, out, T):
-    return T(args[0]) * out
-
-
-@rule("log.default")
-def _log(func, args, kwargs, out, T):
-    return T(args[0]) / args[0]
-
-
-@rule("reciprocal.default")
-def _reciprocal(func, args, kwargs, out, T):
-    return -T(args[0]) * out * out
-
-
-@rule("pow.Tensor_Scalar")
-def _pow(func, args, kwargs, out, T):
-    x, n = args
-    return T(x) * (n * x.pow(n - 1))
-
-
-@rule("rsqrt.default")
-def _rsqrt(func, args, kwargs, out, T):
-    return T(args[0]) * (-0.5 * out * out * out)
-
-
-@rule("sqrt.default")
-def _sqrt(func, args, kwargs, out, T):
-    return T(args[0]) / (2 * out)
-
-
-@rule("abs.default")
-def _abs(func, args, kwargs, out, T):
-    return T(args[0]) * args[0].sign()
-
-
-@rule("clamp.default clamp_min.default clamp_max.default")
-def _clamp(func, args, kwargs, out, T):
-    return T(args[0]) * (out == args[0])  # zero where the bound is active
-
-
-@rule("binary_cross_entropy_with_logits.default")
-def _bce_with_logits(func, args, kwargs, out, T):
-    z, y = args[:2]
-    extra = list(args[2:4]) + [kwargs.get("weight"), kwargs.get("pos_weight")]
-    if T(y) is not None or any(isinstance(e, Tensor) for e in extra):
-        raise TangentUnsupported("binary_cross_entropy_with_logits with a target tangent, weight or pos_weight")
-    t = T(z) * (torch.sigmoid(z) - y)
-    reduction = args[4] if len(args) > 4 else kwargs.get("reduction", 1)  # 0 none, 1 mean, 2 sum
-    return t if reduction == 0 else t.mean() if reduction == 1 else t.sum()
-
-
+# --- selections, masks and views: linear in x once the indices, mask or layout are fixed ----------
 @rule("max_pool2d_with_indices.default adaptive_max_pool2d.default")
 def _max_pool(func, args, kwargs, out, T):
     """The tangent at each window's argmax (indices into the flattened H·W plane of each channel)."""
@@ -340,69 +203,6 @@ def _as_strided_(func, args, kwargs, out, T):
 def _dropout(func, args, kwargs, out, T):
     x, p = args[0], args[1]
     return T(x) * out[1] * (1.0 / (1.0 - p)), None
-
-
-# --- normalisation: symmetric Jacobian in x; scale and shift add x̂·dγ + dβ ---------------------------
-@rule("native_batch_norm.default _native_batch_norm_legit.default cudnn_batch_norm.default miopen_batch_norm.default")
-def _batch_norm(func, args, kwargs, out, T):
-    """Same arguments for all four. Outputs: (y, saved mean, saved invstd), and cuDNN adds a reserve buffer;
-    its saved "variance" is the inverse standard deviation, as native's."""
-    x, w, b, running_mean, running_var, training, _, eps = args
-    tx, tw, tb = T(x), T(w) if w is not None else None, T(b) if b is not None else None
-    if training:
-        mean, invstd = out[1], out[2]
-    else:
-        mean, invstd = running_mean, torch.rsqrt(running_var + eps)
-    res = None
-    if tx is not None and training:  # γ·invstd·(tx − mean(tx) − x̂·mean(x̂·tx)): BN's backward of tx
-        res = aten.native_batch_norm_backward(tx, x, w, running_mean, running_var, mean, invstd, True, eps,
-                                              [True, False, False])[0]
-    elif tx is not None:
-        res = tx * _channel(invstd if w is None else invstd * w, x.ndim)
-    shift = None
-    if tw is not None:  # dγ·x̂ = dγ·invstd·x − dγ·invstd·mean
-        scale = tw * invstd
-        res = x * _channel(scale, x.ndim) if res is None else res.addcmul_(x, _channel(scale, x.ndim))
-        shift = -scale * mean
-    shift = _plus(shift, tb)
-    if shift is not None:
-        res = _channel(shift, x.ndim).expand_as(out[0]).clone() if res is None else res.add_(_channel(shift, x.ndim))
-    return res, None, None
-
-
-@rule("native_group_norm.default")
-def _group_norm(func, args, kwargs, out, T):
-    x, w, b, n, c, hw, groups, _ = args
-    tx, tw, tb = T(x), T(w) if w is not None else None, T(b) if b is not None else None
-    _, mean, rstd = out
-    res = None
-    if tx is not None:  # dx̂ by the backward kernel with γ = 1 (γ varies inside a group: not symmetric with it)
-        res = aten.native_group_norm_backward(tx, x, mean, rstd, None, n, c, hw, groups, [True, False, False])[0]
-        res = res if w is None else res.mul_(_channel(w, x.ndim))
-    if tw is not None:
-        shape = (n, groups, -1)
-        xhat = ((x.reshape(shape) - mean.view(n, groups, 1)) * rstd.view(n, groups, 1)).view_as(x)
-        res = _plus(res, xhat * _channel(tw, x.ndim))
-    if tb is not None:
-        res = _plus(res, _channel(tb, x.ndim).expand_as(out[0]).clone())
-    return res, None, None
-
-
-@rule("native_layer_norm.default")
-def _layer_norm(func, args, kwargs, out, T):
-    """As group norm: dx̂ by the backward kernel without γ (symmetric), then γ, x̂·dγ and dβ."""
-    x, shape, w, b = args[:4]
-    tx, tw, tb = T(x), T(w) if w is not None else None, T(b) if b is not None else None
-    _, mean, rstd = out
-    res = None
-    if tx is not None:
-        res = aten.native_layer_norm_backward(tx, x, shape, mean, rstd, None, None, [True, False, False])[0]
-        res = res if w is None else res.mul_(w)
-    if tw is not None:
-        res = _plus(res, (x - mean) * rstd * tw)
-    if tb is not None:
-        res = _plus(res, tb.expand_as(out[0]).clone())
-    return res, None, None
 
 
 # --- in place ------------------------------------------------------------------------------------

@@ -1,7 +1,5 @@
-"""Benchmarks. ``python -m noisyseg.bench meta --help``, ``python -m noisyseg.bench mc --help``.
-
-``meta``: one full training step of every meta backend (pixel weights + weighted backward +
-optimizer step) against the plain noisy step (forward, mean loss, backward, step) on the default
+"""``python -m noisyseg.bench meta``: one full training step of every meta backend (pixel weights + weighted
+backward + optimizer step) against the plain noisy step (forward, mean loss, backward, step) on the default
 U-Net (or ``--model smp --arch Unet --encoder resnet34``; ``--sizes 128,256`` for several sizes in one
 run), with the ops of the model that have no tangent rule (so ``jvp`` falls back to forward_ad), interleaved round-robin in one process (the order is shuffled each round so no method always
 follows the same one) and reported as medians after warm-up, with wall-clock and process CPU time
@@ -9,15 +7,7 @@ follows the same one) and reported as medians after warm-up, with wall-clock and
 on GPU; on CPU the peak RSS of a fresh subprocess per method (its ``VmHWM``; ``ru_maxrss`` where
 there is no /proc) minus that of a process that only builds the model and data. ``--scaling`` repeats the comparison over image and batch sizes and plots
 it. Each method trains its own copy of the model with SGD (momentum 0.9); the virtual step size is
-the current learning rate, as in the paper.
-
-``mc``: MC-dropout scoring (T samples, then the summed variance per image) of one batch with the
-naive (T full forwards), ``loop`` (prefix once, suffix T times) and ``batched`` (suffix once on the
-prefix state repeated T times) modes of :func:`noisyseg.active.mc_predict`, for each dropout position
-of the default U-Net (batch norm in eval, dropout 0.5), interleaved round-robin (shuffled) and
-reported as median images per second and speed-up over naive, with a check that ``loop`` gives the
-same samples as naive under the same seed.
-"""
+the current learning rate, as in the paper."""
 from __future__ import annotations
 
 import argparse
@@ -37,11 +27,9 @@ from typing import Callable
 import torch
 
 from noisyseg.device import resolve_device, synchronize
-from noisyseg.inference import MODES, image_scores, mc_predict
 from noisyseg.losses import BCELoss
 from noisyseg.meta import META_BACKENDS, MetaReweightedLoss
 from noisyseg.models import UNet, build_model
-from noisyseg.models.unet import DROPOUT_POSITIONS
 from noisyseg.progress import progress_bar
 from noisyseg.tangents import unsupported_ops
 
@@ -293,124 +281,3 @@ def meta_main(args: argparse.Namespace) -> dict:
             json.dump(report, f, indent=1)
         print(f"json: {args.json}")
     return report
-
-
-MC_TARGETS = {"bottleneck": 1.4, "head": 5.0}  # loop speed-up over naive at T = 20 (issue 6)
-
-
-def _same(check: dict) -> str:
-    """Same samples as naive: bit for bit, up to float rounding (other batch shapes), or other masks."""
-    word = "equal" if check["equal"] else "equal up to rounding" if check["max_abs_diff"] <= 1e-5 else "differs"
-    return f"{word} (max |diff| {check['max_abs_diff']:.1e})"
-
-
-def mc_main(args: argparse.Namespace) -> dict:
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = resolve_device(args.device)
-    positions = args.positions.split(",") if args.positions else list(DROPOUT_POSITIONS)
-    modes = ["naive"] + [m for m in MODES if m != "naive"]
-    torch.manual_seed(0)
-    images = torch.randn(args.batch, 3, args.size, args.size, device=device)
-    report = {"device": str(device), "threads": torch.get_num_threads(), "torch": torch.__version__,
-              "config": {k: v for k, v in vars(args).items() if k != "func"}, "targets": MC_TARGETS, "positions": {}}
-    print(f"MC scoring, T={args.samples}, batch {args.batch}, {args.size}x{args.size}, U-Net depth {args.depth} "
-          f"base {args.base_width}, {device}, {torch.get_num_threads()} threads; medians of {args.repeats} rounds")
-    print(f"{'position':<11} {'mode':<8} {'img/s':>9} {'x naive':>8}   check")
-    for pos in positions:
-        torch.manual_seed(0)
-        model = UNet(depth=args.depth, base_width=args.base_width, norm="batch", dropout=args.dropout,
-                     dropout_position=pos).to(device).eval()
-        samples = {}
-        for m in modes:  # same seed for every mode: loop must equal naive exactly
-            torch.manual_seed(1)
-            samples[m] = mc_predict(model, images, args.samples, mode=m, chunk=args.chunk)
-        check = {m: {"equal": torch.equal(samples[m], samples["naive"]),
-                     "max_abs_diff": (samples[m] - samples["naive"]).abs().max().item()} for m in modes[1:]}
-        del samples
-        wall = {m: [] for m in modes}
-        order, rng = list(modes), random.Random(0)
-        for r in range(args.warmup + args.repeats):
-            rng.shuffle(order)
-            for m in order:
-                synchronize(device)
-                t0 = time.perf_counter()
-                image_scores(mc_predict(model, images, args.samples, mode=m, chunk=args.chunk), "variance", "sum")
-                synchronize(device)
-                if r >= args.warmup:
-                    wall[m].append(time.perf_counter() - t0)
-        naive = statistics.median(wall["naive"])
-        rows = {}
-        for m in modes:
-            t = statistics.median(wall[m])
-            rows[m] = {"wall_s": t, "images_per_s": args.batch / t, "speedup": naive / t, "wall_all_s": wall[m], **check.get(m, {})}
-            note = "" if m == "naive" else _same(check[m])
-            print(f"{pos:<11} {m:<8} {rows[m]['images_per_s']:>9.2f} {rows[m]['speedup']:>8.2f}   {note}")
-        report["positions"][pos] = rows
-    report["target_check"] = {pos: {"loop_speedup": report["positions"][pos]["loop"]["speedup"], "target": t,
-                                    "ok": report["positions"][pos]["loop"]["speedup"] >= t}
-                              for pos, t in MC_TARGETS.items() if pos in report["positions"]}
-    print(f"targets (loop, for T=20; this run T={args.samples}):", json.dumps(report["target_check"]))
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(report, f, indent=1)
-        print(f"json: {args.json}")
-    return report
-
-
-def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--size", type=int, default=128, help="image height and width")
-    p.add_argument("--batch", type=int, default=8, help="noisy and clean batch size")
-    p.add_argument("--base-width", type=int, default=32)
-    p.add_argument("--depth", type=int, default=4)
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
-    p.add_argument("--channels-last", action="store_true", help="model and images in channels_last")
-    p.add_argument("--amp", action="store_true", help="forward passes under bfloat16 autocast (as trainer.amp)")
-    p.add_argument("--model", default="unet", choices=("unet", "smp"), help="the built-in U-Net, or an smp network")
-    p.add_argument("--arch", default="Unet", help="--model smp: the architecture")
-    p.add_argument("--encoder", default="resnet34", help="--model smp: the encoder (random initialisation)")
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m noisyseg.bench", description=__doc__.split("\n")[0])
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{meta,mc}")
-    p = sub.add_parser("meta", help="meta step backends vs the plain step: time and peak memory")
-    _common(p)
-    p.add_argument("--sizes", default="", help="comma-separated image sizes, one table each (default: --size)")
-    p.add_argument("--repeats", type=int, default=10, help="timed rounds (median), after --warmup rounds")
-    p.add_argument("--warmup", type=int, default=2)
-    p.add_argument("--backends", default="", help="comma-separated meta backends, 'backend[p1+p2]' for a virtual step "
-                   "on parameters p1, p2 only, 'backend@k' for the clean gradient reused over k steps (default: all "
-                   "registered, plus jvp[head], jvp_ad[head], jvp@2 and jvp@4); 'backend:weighting' for a meta.weighting "
-                   "variant, e.g. jvp:sign, jvp:mwn")
-    p.add_argument("--scaling", action="store_true", help="also sizes 64/128/256 and batches 4/8/16, plotted")
-    p.add_argument("--scaling-repeats", type=int, default=3, help="timed rounds per scaling point")
-    p.add_argument("--plot", default="bench_meta_scaling.png", help="PNG for --scaling")
-    p.add_argument("--json", default="", help="write the results here")
-    p.add_argument("--no-memory", action="store_true", help="skip the CPU peak-RSS subprocesses")
-    p.set_defaults(func=meta_main)
-    p = sub.add_parser("mc", help="MC-dropout scoring: naive vs loop vs batched, per dropout position")
-    p.add_argument("--samples", type=int, default=20, help="MC samples T")
-    p.add_argument("--batch", type=int, default=8, help="images scored at once")
-    p.add_argument("--size", type=int, default=128, help="image height and width")
-    p.add_argument("--base-width", type=int, default=32)
-    p.add_argument("--depth", type=int, default=4)
-    p.add_argument("--dropout", type=float, default=0.5, help="dropout probability (CEAL: 0.5)")
-    p.add_argument("--positions", default="", help="comma-separated dropout positions (default: all)")
-    p.add_argument("--chunk", type=int, default=None, help="mc_predict chunk (default: the whole batch)")
-    p.add_argument("--repeats", type=int, default=5, help="timed rounds (median), after --warmup rounds")
-    p.add_argument("--warmup", type=int, default=1)
-    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
-    p.add_argument("--json", default="", help="write the results here")
-    p.set_defaults(func=mc_main)
-    w = sub.add_parser("_rss")  # internal (unlisted): one fresh process per method, for peak RSS
-    _common(w)
-    w.add_argument("--method", required=True)
-    w.set_defaults(func=_rss_worker)
-    args = parser.parse_args(argv)
-    args.func(args)
-
-
-if __name__ == "__main__":
-    main()

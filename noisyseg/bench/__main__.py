@@ -1,0 +1,3 @@
+from noisyseg.bench.cli import main
+
+main()
