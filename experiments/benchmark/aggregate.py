@@ -179,7 +179,7 @@ def plot_memorisation(rows: list[dict], default: tuple, path: Path) -> None:
     for k, arm in enumerate(ordered({r["label"] for r in rows}, ORDER)):
         curves = _mean_curves(rows, arm, default, ("noisyset_dice_vs_noisy", "noisyset_dice_vs_true"))
         for (epochs, mean), style, versus in zip(curves, ("-", "--"), ("noisy", "true")):
-            ax.plot(epochs, mean, style, color=f"C{k}", label=f"{arm} vs {versus}")
+            ax.plot(epochs, mean, style, color=plt.cm.tab20(k % 20), label=f"{arm} vs {versus}")
     ax.set(xlabel="epoch", ylabel="Dice on noisy-set images",
            title="Fit of the noisy set: vs its noisy masks (solid) and the truth (dashed)")
     ax.grid(alpha=0.3)
@@ -197,7 +197,7 @@ def plot_weight_ratio(rows: list[dict], default: tuple, path: Path) -> None:
     drawn = False
     for k, arm in enumerate(ordered({r["label"] for r in rows}, ORDER)):
         for epochs, mean in _mean_curves(rows, arm, default, ("train_weight_wrong_right_ratio",)):
-            ax.plot(epochs, mean, marker="o", color=f"C{k}", label=arm)
+            ax.plot(epochs, mean, marker="o", color=plt.cm.tab20(k % 20), label=arm)
             drawn = True
     if drawn:
         ax.axhline(1.0, color="grey", linestyle=":")
