@@ -14,6 +14,18 @@ from noisyseg.config import register
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny tensors gain nothing from threads, and on a busy machine idle-spinning OpenMP workers make
+    them 10x slower: ``pytestmark = pytest.mark.usefixtures("one_thread")`` in such a test module."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(autouse=True)
 def subprocesses_only_in_slow_tests(request, monkeypatch):
     """A test that starts a subprocess (a CLI run, torchrun, ``mp.spawn``) must be marked ``slow``: the

@@ -3,18 +3,11 @@
 import json
 
 import pytest
-import torch
 
 from noisyseg import bench
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors: threads only spin (10x slower on a busy machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def test_method_names_parse_into_backend_parameters_refresh_and_weighting():

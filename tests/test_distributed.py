@@ -125,12 +125,7 @@ def gather(ranks, *keys):
     return torch.cat([get(out) for out in ranks])
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 @pytest.mark.slow  # the ranks fixture spawns two processes

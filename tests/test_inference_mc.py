@@ -11,12 +11,7 @@ from noisyseg.inference import NoDropoutError, mc_dropout, mc_predict, predict
 from noisyseg.models import UNet
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def tiny_unet(position: str = "bottleneck", dropout: float = 0.5) -> UNet:

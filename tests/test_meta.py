@@ -20,14 +20,7 @@ BACKENDS = META_BACKENDS.names()
 LR = 0.1
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors gain nothing from threads, and on a busy machine idle-spinning OpenMP workers
-    make these tests 10x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def tiny_unet(dtype=torch.float64, dropout=0.3, seed=0, norm="batch", position="decoder", device="cpu"):

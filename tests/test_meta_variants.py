@@ -11,7 +11,9 @@ from noisyseg.meta import reweight as meta_reweight
 from noisyseg.meta.weightnet import LearnedWeighting
 from noisyseg.meta.weights import WEIGHTINGS, Pixels, _normalize
 from noisyseg.methods import build_method
-from tests.test_meta import LR, batches, one_thread, tiny_unet  # noqa: F401  (one_thread: autouse fixture)
+from tests.test_meta import LR, batches, tiny_unet
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def meta_u(model, loss, noisy, clean, backend="autograd"):

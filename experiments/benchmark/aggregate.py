@@ -180,13 +180,8 @@ def plot_memorisation(rows: list[dict], default: tuple, path: Path) -> None:
         curves = _mean_curves(rows, arm, default, ("noisyset_dice_vs_noisy", "noisyset_dice_vs_true"))
         for (epochs, mean), style, versus in zip(curves, ("-", "--"), ("noisy", "true")):
             ax.plot(epochs, mean, style, color=plt.cm.tab20(k % 20), label=f"{arm} vs {versus}")
-    ax.set(xlabel="epoch", ylabel="Dice on noisy-set images",
-           title="Fit of the noisy set: vs its noisy masks (solid) and the truth (dashed)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, ncol=2)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(plt, fig, ax, path, xlabel="epoch", ylabel="Dice on noisy-set images",
+          title="Fit of the noisy set: vs its noisy masks (solid) and the truth (dashed)")
 
 
 def plot_weight_ratio(rows: list[dict], default: tuple, path: Path) -> None:
@@ -199,14 +194,21 @@ def plot_weight_ratio(rows: list[dict], default: tuple, path: Path) -> None:
         for epochs, mean in _mean_curves(rows, arm, default, ("train_weight_wrong_right_ratio",)):
             ax.plot(epochs, mean, marker="o", color=plt.cm.tab20(k % 20), label=arm)
             drawn = True
-    if drawn:
-        ax.axhline(1.0, color="grey", linestyle=":")
-        ax.set(xlabel="epoch", ylabel="wrong:right mean weight", yscale="log",
-               title="Meta weights of wrong-label pixels over right ones (< 1: told apart)")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7, ncol=2)
-        fig.tight_layout()
-        fig.savefig(path, dpi=110)
+    if not drawn:
+        plt.close(fig)
+        return
+    ax.axhline(1.0, color="grey", linestyle=":")
+    _save(plt, fig, ax, path, xlabel="epoch", ylabel="wrong:right mean weight", yscale="log",
+          title="Meta weights of wrong-label pixels over right ones (< 1: told apart)")
+
+
+def _save(plt, fig, ax, path: Path, **labels) -> None:
+    """Label, grid and legend a curve plot, write it, close it."""
+    ax.set(**labels)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
     plt.close(fig)
 
 
