@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 from omegaconf import OmegaConf
-from test_inference_mc import images, one_thread, tiny_unet  # noqa: F401 (one_thread: an autouse fixture)
+from test_inference_mc import images, tiny_unet
 from test_inference_uncertainty import stack
 
 from noisyseg.active import SAMPLERS, CEALSampler, build_sampler, most_confident, score_pool
@@ -16,6 +16,7 @@ from noisyseg.active import mc_predict, predict  # the re-exports of noisyseg.in
 from noisyseg.errors import ConfigError
 
 SAMPLER_CONF = Path(__file__).resolve().parents[1] / "conf" / "active" / "sampler"
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def test_score_pool_scores_chunk_by_chunk():
