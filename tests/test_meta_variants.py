@@ -212,3 +212,11 @@ def test_meta_memory_trains_through_the_build_layer_and_resumes(tmp_path):
     assert torch.equal(resumed.memory.values, method.memory.values) and resumed.memory.frozen
     with pytest.raises(ConfigError, match="memory"):
         build_method("meta", BCELoss(), memory_freeze_after=3)
+
+
+def test_weight_memory_refuses_batches_of_another_size():
+    from noisyseg.meta.memory import WeightMemory
+
+    memory = WeightMemory(images=1, pixels=4, momentum=0.5)
+    with pytest.raises(ConfigError, match="keep the image size"):
+        memory.update(torch.tensor([0]), torch.arange(9.0).reshape(1, 1, 3, 3), torch.full((1, 1, 3, 3), 1 / 9))

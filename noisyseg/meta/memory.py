@@ -13,6 +13,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from noisyseg.errors import ConfigError
+
 
 class WeightMemory:
     """``momentum`` m: stored ← m · stored + (1 − m) · new (the first visit stores the new value);
@@ -32,7 +34,12 @@ class WeightMemory:
 
     def _where(self, indices: Tensor, origin: Tensor) -> tuple[Tensor, Tensor]:
         rows = indices.to(self.values.device).view(-1, *[1] * (origin.ndim - 1)).expand_as(origin).reshape(-1)
-        return rows, origin.to(self.values.device).round().long().reshape(-1)
+        cols = origin.to(self.values.device).round().long().reshape(-1)
+        if origin[0].numel() != self.values.shape[1] or int(cols.max()) >= self.values.shape[1]:
+            raise ConfigError(f"meta.memory keeps {self.values.shape[1]} pixels per image, but a batch shows "
+                              f"{origin[0].numel()} (pixel indices up to {int(cols.max())}): it needs augmentations "
+                              "that keep the image size (flips, 90-degree rotations), not crops or resizes")
+        return rows, cols
 
     @torch.no_grad()
     def update(self, indices: Tensor, origin: Tensor, weights: Tensor) -> Tensor:

@@ -220,6 +220,9 @@ class MetaReweightedLoss:
             return pixels, None
         if not bool(torch.isfinite(grad.u).all()):
             return pixels, grad.u  # non-finite: reported as such, the net is not updated
-        with torch.no_grad():
-            losses = p.loss_fn(p.noisy_logits.detach(), p.noisy[1])
+        if grad.losses is not None:  # the fused pass's loss map: no need to recompute it
+            losses = grad.losses.detach()
+        else:
+            with torch.no_grad():
+                losses = p.loss_fn(p.noisy_logits.detach(), p.noisy[1])
         return pixels, self.learned.update(grad.u, losses, p.noisy_logits.detach(), pixels.labels)
