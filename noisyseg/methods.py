@@ -185,7 +185,7 @@ class MetaReweighted(Method):
             loss, weights, logits = result.loss, result.weights, result.logits
             if self.memory is not None and result.status == "ok":
                 weights = self.memory.update(noisy["index"], noisy["origin"], weights).to(weights.dtype)
-                loss = (weights * self.loss.per_pixel(logits, noisy["mask"])).sum()
+                loss = (weights * result.losses).sum()  # the step's own loss map, remembered weights
         self.last = {"image": noisy["image"], "mask": noisy["mask"], "true_mask": noisy["true_mask"], "weights": weights}
         if loss is not None and self.bootstrap > 0:
             loss = loss + self.bootstrap * self._bootstrap(logits, weights)

@@ -27,7 +27,7 @@ def _check_options(normalize: str, weighting: str) -> None:
 
 def _pixels(p: _Problem, u: Tensor, weighting: str, center_step: float) -> Pixels:
     """What the weighting reads besides u: the noisy labels, and |∂ℓ/∂z| when it asks for it."""
-    labels = p.noisy[1].to(u.dtype).expand_as(u) if p.noisy[1].shape != u.shape else p.noisy[1].to(u.dtype)
+    labels = p.noisy[1].to(u.dtype).expand_as(u)
     pixels = Pixels(labels, center_step=center_step)
     if needs_slope(weighting):
         pixels.slope = slope(p.loss_fn, p.noisy_logits, p.noisy[1])
@@ -126,6 +126,7 @@ class MetaResult:
     weights: Tensor  # detached, shape of the loss map (all zero unless status == "ok")
     status: str  # "ok", "all_zero" or "non_finite"
     logits: Optional[Tensor] = None  # the noisy logits behind ``loss``, with graph (None when loss is None)
+    losses: Optional[Tensor] = None  # the per-pixel loss map behind ``loss``, with graph (None when loss is None)
 
 
 class MetaReweightedLoss:
@@ -211,7 +212,7 @@ class MetaReweightedLoss:
         if p.group is not None:  # DDP averages over ranks: scale so the average is the global gradient
             n = world_size(p.group)
             loss = losses.sum() * (n / pixels.to(losses.dtype)) if status == "all_zero" else loss * n
-        return MetaResult(loss, weights, status, logits)
+        return MetaResult(loss, weights, status, logits, losses)
 
     def _weigh(self, p: _Problem, grad: _MetaGrad) -> tuple[Pixels, Optional[Tensor]]:
         """The weighting's inputs, and for the learned weighting its raw weights after one meta update."""
