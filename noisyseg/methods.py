@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from noisyseg.early_learning import EarlyLearningCorrector, correction_logs
 from noisyseg.errors import ConfigError
 from noisyseg.losses import PixelLoss
 from noisyseg.meta import MetaReweightedLoss
@@ -126,7 +127,10 @@ class MetaReweighted(Method):
     the L2RW reference code's default) and ``bootstrap`` > 0: pixels the meta step zeroes train on the
     model's own hard prediction with that weight (after IEG, Zhang et al., CVPR 2020) instead of not at all;
     ``memory`` m in [0, 1): weights kept per image in image coordinates and averaged over visits
-    (:mod:`noisyseg.meta.memory`), frozen after ``memory_freeze_after`` steps (then no meta step is run).
+    (:mod:`noisyseg.meta.memory`), frozen after ``memory_freeze_after`` steps (then no meta step is run);
+    ``correct``: once ADELE's early-learning test finds a class memorised, that class's noisy labels are
+    replaced by the model's confident predictions (> ``correct_tau``) before the meta step weighs them
+    (:mod:`noisyseg.early_learning`; label correction and meta weights together).
     """
 
     streams = {"noisy": ("noisy",), "clean": ("clean",)}
@@ -137,8 +141,10 @@ class MetaReweighted(Method):
                  clean_loss_weight: float = 0.0, params: list[str] | None = None, clean_every: int = 1,
                  weighting: str = "l2rw", center_step: float = 0.5, weight_net_hidden: int = 16,
                  weight_net_lr: float = 1e-3, bootstrap: float = 0.0, memory: float | None = None,
-                 memory_freeze_after: int | None = None) -> None:
+                 memory_freeze_after: int | None = None, correct: bool = False, correct_tau: float = 0.7,
+                 correct_r: float = 0.9, steps_per_epoch: int = 50) -> None:
         super().__init__(loss)
+        self.corrector = EarlyLearningCorrector(correct_tau, correct_r, steps_per_epoch) if correct else None
         if memory is not None and not 0 <= memory < 1:
             raise ConfigError(f"meta.memory={memory} must be null (off) or in [0, 1)")
         if memory_freeze_after is not None and (memory is None or memory_freeze_after < 1):
@@ -175,6 +181,9 @@ class MetaReweighted(Method):
     def step(self, model: torch.nn.Module, batches: dict[str, Batch], lr: float) -> StepOutput:
         noisy, clean = batches["noisy"], batches["clean"]
         self._remember(noisy)
+        given, logs = noisy["mask"], {}
+        if self.corrector is not None and any(self.corrector.correcting):
+            noisy, logs = self._corrected(model, noisy)
         if self.memory is not None and self.memory.frozen:  # remembered weights only: no meta step
             logits = model(noisy["image"])
             weights = self.memory.recall(noisy["index"], noisy["origin"]).to(logits.dtype)
@@ -191,7 +200,16 @@ class MetaReweighted(Method):
             loss = loss + self.bootstrap * self._bootstrap(logits, weights)
         if loss is not None and self.clean_loss_weight > 0:
             loss = loss + self.clean_loss_weight * self.loss(model(clean["image"]), clean["mask"])
-        return StepOutput(loss, weight_stats(weights, noisy["mask"], noisy["true_mask"]))
+        if self.corrector is not None:  # the memorisation test follows the fit to the labels as given
+            logs.update(self.corrector.logs("correct"))
+            self.corrector.observe(None if logits is None else logits.detach(), given)
+        return StepOutput(loss, {**weight_stats(weights, noisy["mask"], noisy["true_mask"]), **logs})
+
+    @torch.no_grad()
+    def _corrected(self, model: torch.nn.Module, noisy: Batch) -> tuple[Batch, dict[str, float]]:
+        """The noisy batch with the memorised classes' labels replaced where the model is confident."""
+        corrected = self.corrector.correct(torch.sigmoid(model(noisy["image"])), noisy["mask"])
+        return {**noisy, "mask": corrected}, correction_logs("correct", corrected, noisy["mask"], noisy["true_mask"])
 
     def _bootstrap(self, logits: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
         """Σ over zero-weight pixels of the loss against the model's hard prediction, / all pixels."""
@@ -206,6 +224,8 @@ class MetaReweighted(Method):
             state["weight_net"] = meta.learned.state_dict()
         if self.memory is not None:
             state["memory"] = self.memory.state_dict()
+        if self.corrector is not None:
+            state["correction"] = self.corrector.state_dict()
         return state
 
     def load_state_dict(self, state: dict) -> None:
@@ -218,6 +238,8 @@ class MetaReweighted(Method):
             values = state["memory"]["values"]
             self.memory = WeightMemory(values.shape[0], values.shape[1], *self.memory_options)
             self.memory.load_state_dict(state["memory"])
+        if self.corrector is not None and "correction" in state:
+            self.corrector.load_state_dict(state["correction"])
 
 
 @torch.no_grad()

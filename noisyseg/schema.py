@@ -137,6 +137,10 @@ class MetaConfig:
     bootstrap: float = MISSING
     memory: Optional[float] = MISSING
     memory_freeze_after: Optional[int] = MISSING
+    correct: bool = MISSING
+    correct_tau: float = MISSING
+    correct_r: float = MISSING
+    steps_per_epoch: int = MISSING
 
 
 # The root is a dict of typed nodes, not a dataclass: experiment files for python -m noisyseg.active add
@@ -264,6 +268,9 @@ RULES: dict[str, Rule] = {
     "meta.bootstrap": at_least(0),
     "meta.memory": Rule(lambda v: v is None or (_is_num(v) and 0 <= v < 1), "null or in [0, 1)"),
     "meta.memory_freeze_after": at_least(1, integer=True, null=True),
+    "meta.correct_tau": within(0.5, 1, closed=False),
+    "meta.correct_r": Rule(lambda v: _is_num(v) and 0 < v < 1, "in (0, 1)"),
+    "meta.steps_per_epoch": at_least(1, integer=True),
     "active.initial": Rule(lambda v: v == "all" or (_is_int(v) and v >= 1), "a count >= 1 or 'all'"),
     "active.rounds": at_least(0, integer=True),
     "active.queries": at_least(1, integer=True),

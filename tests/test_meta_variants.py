@@ -147,6 +147,35 @@ def test_bootstrap_trains_zeroed_pixels_on_the_models_own_prediction():
     torch.testing.assert_close(out.loss.detach(), base.loss.detach() + 0.5 * extra, rtol=1e-10, atol=0)
 
 
+def test_label_correction_before_the_meta_step_starts_at_the_onset_and_spares_expert_masks():
+    """meta.correct: ADELE's early-learning correction (noisyseg/early_learning.py) rewrites the noisy
+    batch's labels once a class is found memorised; before that the step is the plain meta step."""
+    model, (noisy, clean) = tiny_unet(torch.float64, dropout=0.0), batches()
+    batch = {"noisy": {"image": noisy[0], "mask": noisy[1].clone(), "true_mask": noisy[1]},
+             "clean": {"image": clean[0], "mask": clean[1].clone(), "true_mask": clean[1]}}
+    plain, correcting = build_method("meta", BCELoss()), build_method("meta", BCELoss(), correct=True, steps_per_epoch=2)
+    torch.manual_seed(3)
+    base = plain.step(model, batch, lr=LR)
+    torch.manual_seed(3)
+    out = correcting.step(model, batch, lr=LR)
+    assert torch.equal(out.loss, base.loss) and out.logs["correct_correcting_foreground"] == 0.0
+    correcting.step(model, batch, lr=LR)  # the first epoch's end: one IoU per class, no onset yet
+    assert [len(h) for h in correcting.corrector.history] == [1, 1] and not any(correcting.corrector.correcting)
+    correcting.corrector.start_epoch = [None, 0]  # the foreground found memorised
+    with torch.no_grad():
+        model.head.bias.fill_(2.0)  # confident foreground in places
+        probs = torch.sigmoid(model(noisy[0]))
+    out = correcting.step(model, batch, lr=LR)
+    expected = noisy[1].clone()
+    expected[probs > 0.7] = 1.0  # only confident pixels, only towards the memorised class
+    assert torch.equal(correcting.last["mask"], expected) and not torch.equal(expected, noisy[1])
+    assert out.logs["correct_changed_fraction"] > 0 and out.logs["correct_correcting_foreground"] == 1.0
+    assert torch.equal(batch["noisy"]["mask"], noisy[1]) and torch.equal(batch["clean"]["mask"], clean[1])  # untouched
+    resumed = build_method("meta", BCELoss(), correct=True, steps_per_epoch=2)
+    resumed.load_state_dict(correcting.state_dict())
+    assert resumed.corrector.state_dict() == correcting.corrector.state_dict()
+
+
 def test_the_whole_clean_set_in_every_meta_step():
     method = build_method("meta", BCELoss(), clean_batch_size="all")
     with pytest.raises(ConfigError, match="stream"):

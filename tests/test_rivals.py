@@ -13,7 +13,8 @@ import torch
 from noisyseg.errors import ConfigError
 from noisyseg.losses import BCELoss, BCEDiceLoss
 from noisyseg.models import build_model
-from noisyseg.rivals.adele import ADELE, correct_labels, iou_curve, memorisation_started
+from noisyseg.early_learning import correct_labels, iou_curve, memorisation_started
+from noisyseg.rivals.adele import ADELE
 from noisyseg.rivals.coteaching import CoTeaching, kept_share, small_loss_mask
 from noisyseg.rivals.mtcl import MTCL, confident_errors
 from noisyseg.rivals.streams import TwoStreamMethod
@@ -90,10 +91,11 @@ def test_adele_records_iou_per_epoch_and_never_corrects_expert_images():
     method = ADELE(spy, 0.5, tau=0.7, steps_per_epoch=2, scales=[0.5, 1.0])
     model, data = tiny_model(), batches()
     method.step(model, data, 0.01)
-    assert method.history == [[], []]
+    assert method.corrector.history == [[], []]
     method.step(model, data, 0.01)
-    assert [len(h) for h in method.history] == [1, 1] and all(0 <= v <= 1 for h in method.history for v in h)
-    method.start_epoch = [0, 0]  # correcting both classes
+    history = method.corrector.history
+    assert [len(h) for h in history] == [1, 1] and all(0 <= v <= 1 for h in history for v in h)
+    method.corrector.start_epoch = [0, 0]  # correcting both classes
     with torch.no_grad():
         model.head.bias.fill_(3.0)  # confident foreground nearly everywhere
     out = method.step(model, data, 0.01)

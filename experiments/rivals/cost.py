@@ -21,7 +21,7 @@ from noisyseg.rivals import ADELE, CoTeaching, MTCL
 
 def methods(loss) -> dict:
     correcting = ADELE(loss, 0.5)
-    correcting.start_epoch = [0, 0]  # after the memorisation onset: multi-scale passes and consistency
+    correcting.corrector.start_epoch = [0, 0]  # after the memorisation onset: multi-scale passes and consistency
     return {"balanced": Balanced(loss), "adele (before onset)": ADELE(loss, 0.5), "adele (correcting)": correcting,
             "mtcl": MTCL(loss, 0.5), "coteach": CoTeaching(loss, 0.5), "jocor": CoTeaching(loss, 0.5, agreement=0.5)}
 
