@@ -129,6 +129,23 @@ def test_learned_weighting_trains_resumes_and_refuses_the_stateless_api():
         MetaReweightedLoss(BCELoss(), LR, weighting="nope")
 
 
+def test_mean_normalisation_keeps_the_learned_weights_level():
+    """normalize=mean: the real step is mean(w̃ ℓ) with w̃ the weighting network's output, the step the
+    meta gradient of φ above is derived for; a net that lowers every weight lowers the noisy batch's share."""
+    model, (noisy, clean) = tiny_unet(dropout=0.0), batches()
+    meta = MetaReweightedLoss(BCELoss().per_pixel, LR, normalize="mean", weighting="mwn")
+    meta.learned.net.double()
+    torch.manual_seed(7)
+    result = meta(model, noisy, clean)
+    with torch.no_grad():
+        raw = meta.learned.net(result.losses, result.logits, noisy[1])  # the net after its meta update
+    torch.testing.assert_close(result.weights, raw / raw.numel(), rtol=1e-12, atol=0)
+    torch.testing.assert_close(result.loss, (raw * result.losses).mean(), rtol=1e-12, atol=0)
+    assert 0 < result.weights.sum() < 1  # not renormalised to 1
+    w = torch.rand(2, 1, 4, 4, dtype=torch.float64)
+    assert torch.equal(_normalize(w, "mean"), w / 32)
+
+
 def test_bootstrap_trains_zeroed_pixels_on_the_models_own_prediction():
     model, (noisy, clean) = tiny_unet(torch.float64, dropout=0.0), batches()
     batch = {"noisy": {"image": noisy[0], "mask": noisy[1], "true_mask": noisy[1]},

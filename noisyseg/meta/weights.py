@@ -31,7 +31,7 @@ from torch import Tensor
 from noisyseg.distributed import all_reduce_sum
 from noisyseg.registry import Registry
 
-NORMALIZE = ("batch", "image", "class", "none")
+NORMALIZE = ("batch", "image", "class", "mean", "none")
 
 
 @dataclass
@@ -109,14 +109,19 @@ def _per_image(x: Tensor) -> Tensor:
 
 
 def _normalize(w: Tensor, mode: str, labels: Optional[Tensor] = None, total: Optional[Tensor] = None,
-               images: Optional[Tensor] = None) -> Tensor:
+               images: Optional[Tensor] = None, pixels: Optional[Tensor] = None) -> Tensor:
     """``batch``: sum to 1 over the batch; ``image``: 1/B per image; ``class``: 1/B per image, shared by
-    the image's two noisy-label classes in proportion to their pixels; ``none``: raw. Zero sums stay zero.
+    the image's two noisy-label classes in proportion to their pixels; ``mean``: w̃ / pixel count, so the
+    loss is mean(w̃ ℓ) and the weights' level counts (Meta-Weight-Net's real step: for ``mwn``, whose
+    w̃ is in (0, 1), the noisy batch can weigh less than uniform); ``none``: raw. Zero sums stay zero.
 
-    ``total`` / ``images``: the global Σ w̃ and image count of a distributed step (default: this batch's).
+    ``total`` / ``images`` / ``pixels``: the global Σ w̃, image and pixel counts of a distributed step
+    (default: this batch's).
     """
     if mode == "none":
         return w
+    if mode == "mean":
+        return w / (w.numel() if pixels is None else pixels)
     count = w.shape[0] if images is None else images
     if mode == "class":
         out = torch.zeros_like(w)
@@ -142,7 +147,7 @@ def _global_weights(raw: Tensor, u: Tensor, mode: str, labels: Tensor, group: ob
     non_finite, total, images, pixels = all_reduce_sum(stats, group)
     if bool(non_finite > 0):  # host sync, once per step; every rank takes the same branch
         return torch.zeros_like(u), "non_finite", pixels
-    weights = _normalize(raw, mode, labels, total.to(u.dtype), images.to(u.dtype))
+    weights = _normalize(raw, mode, labels, total.to(u.dtype), images.to(u.dtype), pixels.to(u.dtype))
     return weights, ("ok" if bool(total > 0) else "all_zero"), pixels
 
 
