@@ -167,10 +167,11 @@ def build_model_parts(cfg: DictConfig, device: torch.device, world: int = 1, epo
     """Model, optimiser and a schedule spanning ``epochs`` epochs (default ``trainer.epochs``); the model is
     initialised from ``torch``'s current random state."""
     net = build_model(cfg.model.name, **node_kwargs(cfg.model)).to(device)
-    check_contract(net, cfg.model.get("in_channels", 3), cfg.data.size, f"model={cfg.model.name}")  # at start, not at step 1
+    in_channels = cfg.model.get("in_channels", 3)
+    check_contract(net, in_channels, cfg.data.size, f"model={cfg.model.name}")  # at start, not at step 1
     if cfg.trainer.channels_last:
         net = net.to(memory_format=torch.channels_last)  # convolutions then take NHWC inputs as they come
-    model = data_parallel(net, device, world)
+    model = data_parallel(net, device, world, in_channels, cfg.data.size)
     if cfg.trainer.compile:
         model = torch.compile(model)
     total_steps = (cfg.trainer.epochs if epochs is None else epochs) * cfg.trainer.steps_per_epoch

@@ -114,11 +114,38 @@ def _close_process_group() -> None:
         dist.destroy_process_group()
 
 
-def data_parallel(net: nn.Module, device: torch.device, world: int) -> nn.Module:
-    """``net`` wrapped in ``DistributedDataParallel`` when ``world > 1`` (one GPU per process on CUDA), else ``net``."""
+def unused_parameters(net: nn.Module, in_channels: int, size: int) -> list[str]:
+    """Names of the trainable parameters that one forward pass leaves without a gradient (smp's encoders
+    keep the stages below ``encoder_depth``, for one). Runs in eval mode, so no statistics move, and
+    restores every module's mode."""
+    named = [(name, p) for name, p in net.named_parameters() if p.requires_grad]
+    if not named:
+        return []
+    x = torch.zeros(1, in_channels, size, size, device=named[0][1].device, dtype=named[0][1].dtype)
+    modes = [(m, m.training) for m in net.modules()]
+    try:
+        net.eval()
+        with torch.enable_grad():
+            grads = torch.autograd.grad(net(x).sum(), [p for _, p in named], allow_unused=True)
+    finally:
+        for m, training in modes:
+            m.training = training
+    return [name for (name, _), g in zip(named, grads) if g is None]
+
+
+def data_parallel(net: nn.Module, device: torch.device, world: int, in_channels: int = 3, size: int = 64) -> nn.Module:
+    """``net`` wrapped in ``DistributedDataParallel`` when ``world > 1`` (one GPU per process on CUDA), else
+    ``net``. A network with parameters its forward pass never uses (found on one ``[1, in_channels, size,
+    size]`` input) makes DDP look for unused parameters every step, where it would otherwise wait for
+    their gradients forever."""
     if world == 1:
         return net
-    return nn.parallel.DistributedDataParallel(net, device_ids=[device] if device.type == "cuda" else None)
+    unused = unused_parameters(net, in_channels, size)
+    if unused and dist.get_rank() == 0:
+        print(f"note: {len(unused)} parameters get no gradient (e.g. {unused[0]}); DistributedDataParallel "
+              "looks for unused parameters every step", flush=True)
+    return nn.parallel.DistributedDataParallel(net, device_ids=[device] if device.type == "cuda" else None,
+                                               find_unused_parameters=bool(unused))
 
 
 def is_main() -> bool:

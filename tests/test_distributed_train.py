@@ -7,8 +7,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 pytestmark = pytest.mark.slow  # every test here starts torchrun (two processes) or a training subprocess
 ROOT = Path(__file__).resolve().parents[1]
@@ -49,3 +51,32 @@ def test_active_loop_under_torchrun(tmp_path):
     assert [r["labeled"] for r in results["rounds"]] == [6, 10, 14] and results["rounds"][-1]["pseudo"] == 3
     asked = [i for entry in json.loads((tmp_path / "run" / "oracle.json").read_text()) for i in entry["ids"]]
     assert len(asked) == len(set(asked)) == 14
+
+
+def test_an_smp_network_trains_under_torchrun(tmp_path):
+    """model=smp through the distributed meta step (BatchNorm statistics stay per process, so no exact
+    comparison: the run finishes, rank 0 alone writes, and predict rebuilds the network)."""
+    import warnings
+
+    from noisyseg.errors import ConfigError
+    from noisyseg.models.smp import import_smp
+
+    try:
+        with warnings.catch_warnings():  # this machine's torchvision warning
+            warnings.simplefilter("ignore", RuntimeWarning)
+            import_smp()
+    except ConfigError as err:
+        pytest.skip(str(err))
+    args = [*COMMON[:3], "method=meta", "noise=morph", "model=smp", "trainer.batch_size=4", "meta.clean_batch_size=4"]
+    ddp = run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "noisyseg.train",
+               *args, f"hydra.run.dir={tmp_path / 'ddp'}"], tmp_path)
+    assert ddp.returncode == 0, ddp.stderr[-3000:]
+    assert ddp.stdout.count('"run_dir"') == 1
+    results = json.loads((tmp_path / "ddp" / "results.json").read_text())
+    assert results["processes"] == 2 and 0 <= results["test"]["dice"] <= 1
+    images = tmp_path / "images"
+    images.mkdir()
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(images / "a.png")
+    pred = run([sys.executable, "-m", "noisyseg.predict", str(tmp_path / "ddp"), str(images), str(tmp_path / "out")], tmp_path)
+    assert pred.returncode == 0, pred.stderr[-3000:]
+    assert any((tmp_path / "out").iterdir())

@@ -229,3 +229,15 @@ def test_train_predict_and_resume_an_smp_model(tmp_path, monkeypatch):
     predictor = load_predictor(tmp_path / "straight", device="cpu")
     probs, unc = predictor.predict_image(torch.randint(0, 255, (40, 50, 3), dtype=torch.uint8).numpy(), mc_samples=3)
     assert probs.shape == unc.shape == (40, 50) and unc.max() > 0
+
+
+def test_parameters_the_forward_pass_never_uses_are_found_for_ddp():
+    """smp keeps the encoder stages below encoder_depth; DDP must be told (noisyseg.distributed.data_parallel)."""
+    from noisyseg.distributed import unused_parameters
+
+    shallow = build_model("smp", encoder="resnet18", encoder_depth=3, params={"decoder_channels": [16, 8, 8]})
+    shallow.train()
+    unused = unused_parameters(shallow, 3, 32)
+    assert unused and all("encoder.layer3" in n or "encoder.layer4" in n for n in unused)
+    assert shallow.training  # modes restored
+    assert unused_parameters(build_model("unet", depth=2, base_width=4), 3, 32) == []
