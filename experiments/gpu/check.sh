@@ -3,7 +3,7 @@
 # `bash experiments/gpu/wheels.sh` here:  run(command="bash experiments/gpu/check.sh", carry=[".whl"])
 # Installs the carried wheels, then: the CUDA tests (and the meta/tangent suites, on that torch), the
 # meta-step benchmark (float32; sizes and batches; bf16 autocast, also with channels_last), the
-# MC-dropout benchmark, the meta training job and a short CEAL + meta loop on the GPU. Everything
+# meta step on an smp network, the MC-dropout benchmark, the meta training job and a short CEAL + meta loop on the GPU. Everything
 # lands in $OUT: check.log and 7 more files, the most a device run returns.
 # A dry run on CPU: OUT=/tmp/gpu_out DEVICE=cpu QUICK=1 bash experiments/gpu/check.sh
 set -uo pipefail
@@ -37,6 +37,9 @@ checks() {
     --json "$OUT/meta_gpu_amp.json"
   step python3 -m noisyseg.bench meta --device "$DEVICE" --backends jvp,jvp_ad --amp --channels-last --repeats 30 "${size[@]}" \
     --json "$OUT/meta_gpu_amp_cl.json"  # the README's one-GPU setting
+  # smp U-Net/ResNet-34 (docs/performance.md); its table goes to check.log ($OUT holds 8 files at most)
+  step python3 -m noisyseg.bench meta --device "$DEVICE" --model smp --arch Unet --encoder resnet34 --backends jvp,higher \
+    ${QUICK:+--sizes 64 --batch 2 --repeats 1 --warmup 1 --no-memory} ${QUICK:---sizes 128,256 --repeats 10}
   step python3 -m noisyseg.bench mc --device "$DEVICE" ${QUICK:+--size 32 --depth 2 --base-width 4 --repeats 1} \
     --json "$OUT/mc_gpu.json"
   step python3 -m noisyseg.train method=meta device="$DEVICE" "${train[@]}" hydra.run.dir=/tmp/gpu_train_meta

@@ -7,7 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 PY=${PY:-3.12}
 PKGS=(hydra-core omegaconf albumentations albucore simsimd stringzilla pydantic pydantic-core annotated-types
-      typing-inspection higher)
+      typing-inspection higher segmentation-models-pytorch)  # smp: the image has timm and torchvision
 pins=()
 for name in "${PKGS[@]}"; do
   version=$(python3 -m pip show "$name" 2>/dev/null | sed -n 's/^Version: //p')
