@@ -76,6 +76,14 @@ def test_level_is_cached_per_data_and_target(tmp_path, monkeypatch):
 def test_corrupted_dice_falls_with_the_level():
     source = build_source("synthetic", count=30, size=48, seed=0)
     masks = {i: source.load(i)[1] for i in source.ids}
-    for kind in ("coarse", "mix", "morph"):
+    for kind in ("coarse", "mix", "morph", "markov"):
         dice = [corrupted_dice(MaskNoise(kind, level, seed=0), masks, 48) for level in (0.1, 0.4, 0.7, 1.0)]
         assert np.all(np.diff(dice) < 0), (kind, dice)
+
+
+def test_calibration_meets_the_severe_target_with_markov(tmp_path):
+    """markov runs a chain of up to 384 steps per mask, so one target on 20 masks keeps this fast."""
+    source = build_source("synthetic", count=20, size=48, seed=0)
+    noise, _ = calibrate(MaskNoise("markov", 0.5, seed=1), NAMED_DICE["severe"], source, source.ids, 48, tmp_path)
+    arrays = load_arrays(source, source.ids, 48, None, noise=noise)
+    assert realised_dice(arrays["noisy_masks"], arrays["masks"]) == pytest.approx(NAMED_DICE["severe"], abs=TOLERANCE)

@@ -271,3 +271,39 @@ def test_missing_is_independent_of_the_corrupted_fraction():
     assert MaskNoise("morph", 0.5, missing=0.3).key != MaskNoise("morph", 0.5).key
     with pytest.raises(ConfigError, match="noise.missing"):
         MaskNoise("morph", 0.5, missing=1.5)
+
+
+# --- Markov boundary noise (Yao et al. 2023) ---------------------------------------------------------
+def test_markov_depends_on_the_seed_and_the_chain_length_only():
+    """Level 0 is the identity and a seed gives one mask; levels whose chains have the same number of
+    steps give the same mask (the final flips do not move with the level), a longer chain another."""
+    from noisyseg.noise.models import MARKOV_STEPS, MARKOV_WORK_DIAMETER
+
+    step = 1 / (MARKOV_STEPS * MARKOV_WORK_DIAMETER)  # the level of one more step for a lesion of any size
+    for seed, mask in enumerate(varied_masks()[:3]):
+        assert np.array_equal(corrupt(mask, "markov", 0.0, seed), mask)
+        out = corrupt(mask, "markov", 0.5, seed)
+        assert np.array_equal(corrupt(mask, "markov", 0.5, seed), out)
+        assert np.array_equal(corrupt(mask, "markov", 0.5 + 0.4 * step, seed), out)
+        assert not np.array_equal(corrupt(mask, "markov", 0.5 + 20 * step, seed), out)
+        assert not np.array_equal(corrupt(mask, "markov", 0.5, seed + 100), out)
+
+
+def test_markov_dice_falls_with_the_level_on_a_fine_grid():
+    """What the calibration's bisection relies on: for fixed seeds, a longer chain continues a shorter one."""
+    dice = [mean_dice("markov", level, varied_masks()[:6]) for level in np.linspace(0.1, 1.0, 10)]
+    assert np.all(np.diff(dice) < 0), dice
+
+
+def test_markov_mostly_grows_and_stays_within_its_crop():
+    """The chain grows 4 steps in 5: the noisy lesion is larger, and its front (specks aside) stays well
+    inside the bounding box grown by MARKOV_MARGIN * d that the chain runs on."""
+    from noisyseg.noise.models import MARKOV_MARGIN, _diameter, _touching
+
+    mask = np.zeros((120, 120), np.uint8)
+    cv2.circle(mask, (60, 60), 12, 1, -1)  # d = 25: its 75 px crop lies inside the frame
+    distance = cv2.distanceTransform(1 - mask, cv2.DIST_L2, cv2.DIST_MASK_5)
+    for seed in range(4):
+        out = corrupt(mask, "markov", 1.0, seed)
+        assert out.sum() > 1.5 * mask.sum()
+        assert distance[_touching(out, mask) > 0].max() < 0.8 * MARKOV_MARGIN * _diameter(mask)
