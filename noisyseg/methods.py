@@ -84,18 +84,37 @@ class NoisyOnly(Method):
 
 @METHODS.register("balanced")
 class Balanced(Method):
-    """Every step is half clean, half noisy images, unweighted: a strong, cheap control."""
+    """Every step is half clean, half noisy images, unweighted: a strong, cheap control.
+
+    Two options isolate what the meta arms change besides the meta step: ``stream_batch="full"`` draws
+    a whole batch from each stream (the meta arms' noisy batch + expert batch, twice the images per
+    step) instead of splitting one; ``noisy_weight`` w < 1 weighs the noisy images' loss below the
+    expert images', the loss then being ``(w · L(noisy) + L(clean)) / (1 + w)`` over one forward pass.
+    """
 
     streams = {"noisy": ("noisy",), "clean": ("clean",)}
 
+    def __init__(self, loss: PixelLoss, noisy_weight: float = 1.0, stream_batch: str = "split") -> None:
+        super().__init__(loss)
+        if not 0 <= noisy_weight <= 1 or stream_batch not in ("split", "full"):
+            raise ConfigError(f"balanced needs noisy_weight in [0, 1] and stream_batch 'split' or 'full', "
+                              f"got {noisy_weight!r} and {stream_batch!r}")
+        self.noisy_weight, self.stream_batch = noisy_weight, stream_batch
+
     def batch_sizes(self, batch_size: int) -> dict[str, int]:
+        if self.stream_batch == "full":
+            return {"noisy": batch_size, "clean": batch_size}
         half = max(1, batch_size // 2)
         return {"noisy": batch_size - half if batch_size > 1 else 1, "clean": half}
 
     def step(self, model: torch.nn.Module, batches: dict[str, Batch], lr: float) -> StepOutput:
         images = torch.cat([batches["noisy"]["image"], batches["clean"]["image"]])
         masks = torch.cat([batches["noisy"]["mask"], batches["clean"]["mask"]])
-        return StepOutput(self.loss(model(images), masks))
+        logits = model(images)
+        if self.noisy_weight == 1.0:  # the plain control: one loss over the mixed batch
+            return StepOutput(self.loss(logits, masks))
+        n, w = len(batches["noisy"]["image"]), self.noisy_weight
+        return StepOutput((w * self.loss(logits[:n], masks[:n]) + self.loss(logits[n:], masks[n:])) / (1 + w))
 
 
 @METHODS.register("oracle")
