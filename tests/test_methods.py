@@ -1,9 +1,11 @@
 """Training methods: which streams each draws from and what its step trains on."""
 from __future__ import annotations
 
+import pytest
 import torch
 
-from noisyseg.losses import BCELoss
+from noisyseg.errors import ConfigError
+from noisyseg.losses import BCEDiceLoss, BCELoss
 from noisyseg.methods import build_method
 
 
@@ -25,3 +27,21 @@ def test_oracle_trains_on_the_true_masks_of_the_pooled_set():
     logits = torch.full((2, 1, 4, 4), 2.0)
     expected = BCELoss()(logits, true)
     assert torch.allclose(loss, expected) and not torch.allclose(loss, BCELoss()(logits, noisy))
+
+
+def test_balanced_splits_one_batch_or_draws_a_whole_one_per_stream_and_weighs_the_noisy_loss():
+    plain, full = build_method("balanced", BCELoss()), build_method("balanced", BCELoss(), stream_batch="full")
+    assert plain.batch_sizes(8) == {"noisy": 4, "clean": 4} and full.batch_sizes(8) == {"noisy": 8, "clean": 8}
+    g = torch.Generator().manual_seed(0)
+    batch = {name: {"image": torch.rand(3, 3, 4, 4, generator=g),
+                    "mask": (torch.rand(3, 1, 4, 4, generator=g) > 0.5).float()} for name in ("noisy", "clean")}
+    model = torch.nn.Conv2d(3, 1, 1)
+    logits = model(torch.cat([batch["noisy"]["image"], batch["clean"]["image"]]))
+    masks = torch.cat([batch["noisy"]["mask"], batch["clean"]["mask"]])
+    loss = BCEDiceLoss()
+    assert torch.equal(build_method("balanced", loss).step(model, batch, 0.1).loss, loss(logits, masks))  # unchanged
+    down = build_method("balanced", loss, noisy_weight=0.25).step(model, batch, 0.1).loss
+    torch.testing.assert_close(down, (0.25 * loss(logits[:3], masks[:3]) + loss(logits[3:], masks[3:])) / 1.25)
+    for bad in ({"noisy_weight": 1.5}, {"stream_batch": "half"}):
+        with pytest.raises(ConfigError, match="balanced"):
+            build_method("balanced", BCELoss(), **bad)
