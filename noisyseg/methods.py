@@ -89,17 +89,20 @@ class Balanced(Method):
     Two options isolate what the meta arms change besides the meta step: ``stream_batch="full"`` draws
     a whole batch from each stream (the meta arms' noisy batch + expert batch, twice the images per
     step) instead of splitting one; ``noisy_weight`` w < 1 weighs the noisy images' loss below the
-    expert images', the loss then being ``(w · L(noisy) + L(clean)) / (1 + w)`` over one forward pass.
+    expert images', the loss then being ``(w · L(noisy) + L(clean)) / (1 + w)``; ``forward="separate"``
+    runs the noisy and the expert images through the network in two passes, as the meta step does, so
+    that batch-norm statistics are each source's own rather than the mixed batch's.
     """
 
     streams = {"noisy": ("noisy",), "clean": ("clean",)}
 
-    def __init__(self, loss: PixelLoss, noisy_weight: float = 1.0, stream_batch: str = "split") -> None:
+    def __init__(self, loss: PixelLoss, noisy_weight: float = 1.0, stream_batch: str = "split",
+                 forward: str = "joint") -> None:
         super().__init__(loss)
-        if not 0 <= noisy_weight <= 1 or stream_batch not in ("split", "full"):
-            raise ConfigError(f"balanced needs noisy_weight in [0, 1] and stream_batch 'split' or 'full', "
-                              f"got {noisy_weight!r} and {stream_batch!r}")
-        self.noisy_weight, self.stream_batch = noisy_weight, stream_batch
+        if not 0 <= noisy_weight <= 1 or stream_batch not in ("split", "full") or forward not in ("joint", "separate"):
+            raise ConfigError(f"balanced needs noisy_weight in [0, 1], stream_batch 'split' or 'full' and forward "
+                              f"'joint' or 'separate', got {noisy_weight!r}, {stream_batch!r} and {forward!r}")
+        self.noisy_weight, self.stream_batch, self.forward = noisy_weight, stream_batch, forward
 
     def batch_sizes(self, batch_size: int) -> dict[str, int]:
         if self.stream_batch == "full":
@@ -108,13 +111,17 @@ class Balanced(Method):
         return {"noisy": batch_size - half if batch_size > 1 else 1, "clean": half}
 
     def step(self, model: torch.nn.Module, batches: dict[str, Batch], lr: float) -> StepOutput:
-        images = torch.cat([batches["noisy"]["image"], batches["clean"]["image"]])
-        masks = torch.cat([batches["noisy"]["mask"], batches["clean"]["mask"]])
-        logits = model(images)
-        if self.noisy_weight == 1.0:  # the plain control: one loss over the mixed batch
-            return StepOutput(self.loss(logits, masks))
-        n, w = len(batches["noisy"]["image"]), self.noisy_weight
-        return StepOutput((w * self.loss(logits[:n], masks[:n]) + self.loss(logits[n:], masks[n:])) / (1 + w))
+        noisy, clean = batches["noisy"], batches["clean"]
+        if self.forward == "separate":
+            parts = [self.loss(model(b["image"]), b["mask"]) for b in (noisy, clean)]
+        else:
+            logits = model(torch.cat([noisy["image"], clean["image"]]))
+            masks = torch.cat([noisy["mask"], clean["mask"]])
+            if self.noisy_weight == 1.0:  # the plain control: one loss over the mixed batch
+                return StepOutput(self.loss(logits, masks))
+            n = len(noisy["image"])
+            parts = [self.loss(logits[:n], masks[:n]), self.loss(logits[n:], masks[n:])]
+        return StepOutput((self.noisy_weight * parts[0] + parts[1]) / (1 + self.noisy_weight))
 
 
 @METHODS.register("oracle")

@@ -42,6 +42,10 @@ def test_balanced_splits_one_batch_or_draws_a_whole_one_per_stream_and_weighs_th
     assert torch.equal(build_method("balanced", loss).step(model, batch, 0.1).loss, loss(logits, masks))  # unchanged
     down = build_method("balanced", loss, noisy_weight=0.25).step(model, batch, 0.1).loss
     torch.testing.assert_close(down, (0.25 * loss(logits[:3], masks[:3]) + loss(logits[3:], masks[3:])) / 1.25)
-    for bad in ({"noisy_weight": 1.5}, {"stream_batch": "half"}):
+    norm = torch.nn.Sequential(torch.nn.Conv2d(3, 1, 1), torch.nn.BatchNorm2d(1))  # statistics per pass
+    separate = build_method("balanced", loss, noisy_weight=0.25, forward="separate").step(norm, batch, 0.1).loss
+    parts = [loss(norm(batch[k]["image"]), batch[k]["mask"]) for k in ("noisy", "clean")]
+    torch.testing.assert_close(separate, (0.25 * parts[0] + parts[1]) / 1.25)
+    for bad in ({"noisy_weight": 1.5}, {"stream_batch": "half"}, {"forward": "both"}):
         with pytest.raises(ConfigError, match="balanced"):
             build_method("balanced", BCELoss(), **bad)
