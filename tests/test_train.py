@@ -207,5 +207,5 @@ def test_the_main_job_is_the_recommended_recipe_on_realistic_annotator_noise():
         recommended = compose("train", overrides=["arm=recommended"])
         plain = compose("train", overrides=["method=clean", "noise=none"])
     assert default.noise.kind == "coarse" and default.noise.target_dice == "realistic"
-    assert default.method == recommended.method and default.label is None
+    assert default.method == recommended.method and default.meta == recommended.meta and default.label is None
     assert plain.method.name == "clean" and plain.noise.kind == "none"  # the command line wins over the arm

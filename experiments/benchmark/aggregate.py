@@ -31,6 +31,8 @@ ORDER = ["clean", "pooled", "balanced", "balanced_w05", "balanced_full", "balanc
          "meta_sign_class", "meta_sign_boot", "meta_sign_allclean", "meta_memory", "adele", "adele_balanced",
          "mtcl", "mtcl_pooled", "coteach", "coteach_balanced", "jocor", "oracle"]
 CONTROLS, ORACLE, NOISE_FREE = ("clean", "balanced"), "oracle", ("clean", "oracle")
+# ablations that isolate one factor of a recipe (docs/benchmark.md): shown in the tables, never chosen
+ABLATIONS = ("balanced_w05", "balanced_full", "balanced_down", "meta_mwn_mean_frozen")
 AXES = ("kind", "target", "fraction", "missing", "experts")
 
 
@@ -115,7 +117,7 @@ def summarise(rows: list[dict]) -> tuple[list[dict], list[tuple], list[str], str
 def choose(summary: list[dict], arms: list[str]) -> dict[str, str | None]:
     """The recipes named on validation Dice (never test Dice): ``recommended``, the non-oracle arm with
     the best mean over every regime (among the arms that ran them all), and ``meta_best``, the best meta
-    variant over the regimes that all meta variants ran."""
+    variant over the regimes that all meta variants ran; :data:`ABLATIONS` are never chosen."""
     ran = {a: {s["regime"] for s in summary if s["arm"] == a} for a in arms}
     every = set().union(*ran.values())
 
@@ -127,8 +129,9 @@ def choose(summary: list[dict], arms: list[str]) -> dict[str, str | None]:
                  for a in candidates}
         return max(means, key=means.get)
 
-    return {"recommended": best([a for a in arms if a != ORACLE and ran[a] == every]),
-            "meta_best": best([a for a in arms if a.startswith("meta")])}
+    eligible = [a for a in arms if a not in ABLATIONS]
+    return {"recommended": best([a for a in eligible if a != ORACLE and ran[a] == every]),
+            "meta_best": best([a for a in eligible if a.startswith("meta")])}
 
 
 def markdown(summary: list[dict], regimes: list[tuple], arms: list[str], chosen: dict[str, str], default: tuple) -> str:
