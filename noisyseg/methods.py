@@ -124,6 +124,18 @@ class Balanced(Method):
         return StepOutput((self.noisy_weight * parts[0] + parts[1]) / (1 + self.noisy_weight))
 
 
+@METHODS.register("dual_batch")
+class DualBatch(Balanced):
+    """The recommended recipe (README; docs/benchmark.md "What makes meta_mwn_mean work"): every step a
+    whole noisy batch and a whole expert batch, each through the network in its own forward pass, the noisy
+    loss weighted ½ of the expert loss — what the best meta variant does, without its meta step (the
+    ``balanced_down_sep`` arm of the benchmark)."""
+
+    def __init__(self, loss: PixelLoss, noisy_weight: float = 0.5, stream_batch: str = "full",
+                 forward: str = "separate") -> None:
+        super().__init__(loss, noisy_weight, stream_batch, forward)
+
+
 @METHODS.register("oracle")
 class Oracle(Method):
     """The ceiling of a benchmark: noisy + clean images pooled, unweighted, but every noisy-set image with

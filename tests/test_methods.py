@@ -49,3 +49,9 @@ def test_balanced_splits_one_batch_or_draws_a_whole_one_per_stream_and_weighs_th
     for bad in ({"noisy_weight": 1.5}, {"stream_batch": "half"}, {"forward": "both"}):
         with pytest.raises(ConfigError, match="balanced"):
             build_method("balanced", BCELoss(), **bad)
+
+
+def test_dual_batch_is_balanced_with_the_recommended_options():
+    dual = build_method("dual_batch", BCELoss())
+    assert (dual.noisy_weight, dual.stream_batch, dual.forward) == (0.5, "full", "separate")
+    assert dual.batch_sizes(8) == {"noisy": 8, "clean": 8}
