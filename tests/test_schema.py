@@ -72,7 +72,7 @@ def with_values(cfg, **values):
     ({"noise__fraction": -0.1}, "noise.fraction in [0, 1]"),
     ({"meta__lr": 0}, "meta.lr null or > 0"),
     ({"meta__clean_batch_size": 0}, "meta.clean_batch_size a count >= 1 or 'all'"),
-    ({"meta__normalize": "pixel"}, "meta.normalize one of batch, image, class, none"),
+    ({"meta__normalize": "pixel"}, "meta.normalize one of batch, image, class, mean, none"),
     ({"meta__zero_policy": "drop"}, "meta.zero_policy one of skip, uniform"),
     ({"meta__backend": "fast"}, "meta.backend one of"),
     ({"meta__clean_loss_weight": -1}, "meta.clean_loss_weight >= 0"),
