@@ -79,3 +79,5 @@ def test_slices_move_one_axis_and_skip_noise_free_arms_on_noise_axes():
     assert not any("threads=1" in c for c in only)  # one job: no launcher, no thread cap
     variant = run.commands("bench_quick", ["level"], jobs=1, extra=[], only=["meta_sign", "balanced"])
     assert [next(a for a in c if a.startswith("arm=")) for c in variant] == ["arm=balanced,meta_sign"] * 2
+    other = run.commands("bench_quick", ["level"], jobs=1, extra=[], only=["balanced_down_sep"])  # not in a list
+    assert [next(a for a in c if a.startswith("arm=")) for c in other] == ["arm=balanced_down_sep"] * 2

@@ -39,7 +39,9 @@ def commands(preset: str, slices: list[str], jobs: int, extra: list[str], only: 
     launcher = [f"hydra/launcher=joblib", f"hydra.launcher.n_jobs={jobs}", "threads=1"] if jobs > 1 else []
     out = []
     for name in slices:
-        arms = [*ARMS, *META_VARIANTS] if name == "default" or only else list(ARMS)
+        known = [*ARMS, *META_VARIANTS]
+        arms = known if name == "default" or only else list(ARMS)
+        arms += [a for a in only or () if a not in known]  # any other arm named with --arms (e.g. balanced_down_sep)
         arms = [a for a in arms if (only is None or a in only) and (name in EXPERT_AXES or a not in NOISE_FREE
                                                                      or name == "default")]
         if not arms:
