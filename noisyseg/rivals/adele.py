@@ -66,7 +66,7 @@ class ADELE(TwoStreamMethod):
         super().__init__(loss, clean_share)
         if not 0.5 <= tau < 1 or not 0 < r < 1 or steps_per_epoch < 1 or 1.0 not in scales:
             raise ConfigError("adele needs tau in [0.5, 1), r in (0, 1), steps_per_epoch >= 1 and 1.0 among the scales")
-        self.tau, self.r, self.scales = tau, r, [float(s) for s in scales]
+        self.scales = [float(s) for s in scales]
         self.consistency_weight = consistency_weight
         self.corrector = EarlyLearningCorrector(tau, r, steps_per_epoch, min_epochs)
 
@@ -81,7 +81,7 @@ class ADELE(TwoStreamMethod):
         if any(correcting):
             probs = multiscale_probs(model, images, self.scales, logits)
             mean = torch.stack(probs).mean(0)
-            corrected = correct_labels(mean[:n].detach(), masks[:n], self.tau, correcting)
+            corrected = correct_labels(mean[:n].detach(), masks[:n], self.corrector.tau, correcting)
             logs.update(correction_logs("adele", corrected, masks[:n], batches["noisy"]["true_mask"]))
             masks = torch.cat([corrected, masks[n:]])
             loss_extra = self.consistency_weight * torch.stack([(p - mean).pow(2).mean() for p in probs]).mean()
