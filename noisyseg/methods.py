@@ -86,7 +86,7 @@ class NoisyOnly(Method):
 class Balanced(Method):
     """Every step is half clean, half noisy images, unweighted: a strong, cheap control.
 
-    Two options isolate what the meta arms change besides the meta step: ``stream_batch="full"`` draws
+    Three options isolate what the meta arms change besides the meta step: ``stream_batch="full"`` draws
     a whole batch from each stream (the meta arms' noisy batch + expert batch, twice the images per
     step) instead of splitting one; ``noisy_weight`` w < 1 weighs the noisy images' loss below the
     expert images', the loss then being ``(w · L(noisy) + L(clean)) / (1 + w)``; ``forward="separate"``
