@@ -95,12 +95,13 @@ class Balanced(Method):
     """
 
     streams = {"noisy": ("noisy",), "clean": ("clean",)}
+    config_name = "balanced"  # named in option errors
 
     def __init__(self, loss: PixelLoss, noisy_weight: float = 1.0, stream_batch: str = "split",
                  forward: str = "joint") -> None:
         super().__init__(loss)
         if not 0 <= noisy_weight <= 1 or stream_batch not in ("split", "full") or forward not in ("joint", "separate"):
-            raise ConfigError(f"balanced needs noisy_weight in [0, 1], stream_batch 'split' or 'full' and forward "
+            raise ConfigError(f"method={self.config_name} needs noisy_weight in [0, 1], stream_batch 'split' or 'full' and forward "
                               f"'joint' or 'separate', got {noisy_weight!r}, {stream_batch!r} and {forward!r}")
         self.noisy_weight, self.stream_batch, self.forward = noisy_weight, stream_batch, forward
 
@@ -130,6 +131,8 @@ class DualBatch(Balanced):
     whole noisy batch and a whole expert batch, each through the network in its own forward pass, the noisy
     loss weighted ½ of the expert loss — what the best meta variant does, without its meta step (the
     ``balanced_down_sep`` arm of the benchmark)."""
+
+    config_name = "dual_batch"
 
     def __init__(self, loss: PixelLoss, noisy_weight: float = 0.5, stream_batch: str = "full",
                  forward: str = "separate") -> None:

@@ -81,3 +81,26 @@ def test_slices_move_one_axis_and_skip_noise_free_arms_on_noise_axes():
     assert [next(a for a in c if a.startswith("arm=")) for c in variant] == ["arm=balanced,meta_sign"] * 2
     other = run.commands("bench_quick", ["level"], jobs=1, extra=[], only=["balanced_down_sep"])  # not in a list
     assert [next(a for a in c if a.startswith("arm=")) for c in other] == ["arm=balanced_down_sep"] * 2
+
+
+def test_recipes_are_chosen_over_presets_among_the_arms_that_ran_every_regime(tmp_path):
+    choose = load("choose")
+    quick, ph2 = tmp_path / "bench_quick", tmp_path / "bench_ph2"
+    for seed in range(2):
+        for root, edge in ((quick, 0.02), (ph2, -0.01)):  # dual_batch ahead on one preset, behind on the other
+            for target in ("annotator_mean", "severe"):
+                fabricate(root, "clean", seed, 0.70, 0.70, target=target)
+                fabricate(root, "balanced", seed, 0.80, 0.80, target=target)
+                fabricate(root, "meta_mwn_mean", seed, 0.80, 0.85, target=target)
+                fabricate(root, "dual_batch", seed, 0.90, 0.85 + edge, target=target)
+        fabricate(quick, "meta_sign", seed, 0.95, 0.99)  # best everywhere it ran, but it ran one regime only
+    for root in (quick, ph2):
+        aggregate.main([str(root)])
+    out = tmp_path / "recipes.md"
+    choose.main([str(quick), str(ph2), "--out", str(out)])
+    text = out.read_text()
+    assert "over 4 regimes of bench_ph2, bench_quick: recommended **dual_batch**, meta_best **meta_mwn_mean**" in text
+    assert "| meta_sign | 1 | 0.9900 | 0.9500 | no (not every regime) |" in text
+    assert "Paired over 4 regimes, dual_batch − meta_mwn_mean: validation +0.0050" in text
+    with pytest.raises(SystemExit, match="summary.csv does not exist"):
+        choose.main([str(tmp_path / "bench_paper")])

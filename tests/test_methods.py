@@ -47,8 +47,10 @@ def test_balanced_splits_one_batch_or_draws_a_whole_one_per_stream_and_weighs_th
     parts = [loss(norm(batch[k]["image"]), batch[k]["mask"]) for k in ("noisy", "clean")]
     torch.testing.assert_close(separate, (0.25 * parts[0] + parts[1]) / 1.25)
     for bad in ({"noisy_weight": 1.5}, {"stream_batch": "half"}, {"forward": "both"}):
-        with pytest.raises(ConfigError, match="balanced"):
+        with pytest.raises(ConfigError, match="method=balanced needs"):
             build_method("balanced", BCELoss(), **bad)
+    with pytest.raises(ConfigError, match="method=dual_batch needs"):  # the method the user configured
+        build_method("dual_batch", BCELoss(), noisy_weight=2.0)
 
 
 def test_dual_batch_is_balanced_with_the_recommended_options():

@@ -9,7 +9,7 @@ it, named by what differs from the default. ``clean`` and ``oracle`` do not depe
 noise slice reuses their runs at the same number of expert images. For every cell: test Dice mean ±
 std over seeds and the share of the gap between the better control (``clean`` or ``balanced``) and
 the ``oracle`` that the arm closes. The recommended recipe is the non-oracle arm with the best mean
-*validation* Dice over all regimes, ``meta_best`` the best meta variant (never the test Dice). Writes ``summary.csv``, ``summary.md``,
+*validation* Dice over all regimes, ``meta_best`` the best meta variant (never the test Dice; :func:`choose`). Writes ``summary.csv``, ``summary.md``,
 ``dice_by_regime.png``, ``memorisation.png`` and ``weight_ratio.png`` (the meta arms' wrong:right weight
 ratio during training) next to ``runs/``.
 """
@@ -115,23 +115,19 @@ def summarise(rows: list[dict]) -> tuple[list[dict], list[tuple], list[str], str
 
 
 def choose(summary: list[dict], arms: list[str]) -> dict[str, str | None]:
-    """The recipes named on validation Dice (never test Dice): ``recommended``, the non-oracle arm with
-    the best mean over every regime (among the arms that ran them all), and ``meta_best``, the best meta
-    variant over the regimes that all meta variants ran; :data:`ABLATIONS` are never chosen."""
+    """The recipes named on validation Dice (never test Dice), each the best mean over every regime among
+    the arms that ran them all: ``recommended`` among the non-oracle arms, ``meta_best`` among the meta
+    variants (a variant screened at a few regimes becomes a candidate once it has run the rest);
+    :data:`ABLATIONS` are never chosen."""
     ran = {a: {s["regime"] for s in summary if s["arm"] == a} for a in arms}
     every = set().union(*ran.values())
+    means = {a: np.mean([s["val_dice_mean"] for s in summary if s["arm"] == a]) for a in arms}
+    eligible = [a for a in arms if a not in ABLATIONS and a != ORACLE and ran[a] == every]
 
     def best(candidates: list[str]) -> str | None:
-        if not candidates:
-            return None
-        shared = set.intersection(*(ran[a] for a in candidates))
-        means = {a: np.mean([s["val_dice_mean"] for s in summary if s["arm"] == a and s["regime"] in shared])
-                 for a in candidates}
-        return max(means, key=means.get)
+        return max(candidates, key=means.get) if candidates else None
 
-    eligible = [a for a in arms if a not in ABLATIONS]
-    return {"recommended": best([a for a in eligible if a != ORACLE and ran[a] == every]),
-            "meta_best": best([a for a in eligible if a.startswith("meta")])}
+    return {"recommended": best(eligible), "meta_best": best([a for a in eligible if a.startswith("meta")])}
 
 
 def markdown(summary: list[dict], regimes: list[tuple], arms: list[str], chosen: dict[str, str], default: tuple) -> str:
