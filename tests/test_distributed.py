@@ -78,6 +78,25 @@ def step(model, loss_fn, noisy, clean, **kwargs):
     return {"loss": loss, "weights": result.weights, "status": result.status, "grads": grads}
 
 
+def learned_steps(model, noisy, clean, nan_noisy):
+    """Two steps of the learned weighting (meta_best's options): φ's meta gradient, the weights, the
+    parameter gradients; then a step with NaN on rank 1 only, which must leave φ alone on every rank."""
+    torch.manual_seed(10 + dist.get_rank() if dist.is_initialized() else 10)  # φ starts apart on the ranks
+    meta = MetaReweightedLoss(BCELoss(), LR, weighting="mwn", normalize="mean", weight_net_lr=0.01)
+    out = {}
+    for k in range(2):
+        model.zero_grad(set_to_none=True)
+        result = meta(model, noisy, clean)
+        result.loss.backward()
+        out[k] = {"weights": result.weights, "loss": result.loss.item(),
+                  "grads": {n: q.grad.clone() for n, q in getattr(model, "module", model).named_parameters()}}
+    out["phi"] = [q.detach().clone() for q in meta.learned.net.parameters()]
+    with pytest.warns(RuntimeWarning, match="non-finite"):
+        out["nan_status"] = meta(model, nan_noisy, clean).status
+    out["phi_after_nan"] = [q.detach().clone() for q in meta.learned.net.parameters()]
+    return out
+
+
 def _worker(rank: int, init_file: str, out_dir: str) -> None:
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
@@ -99,6 +118,7 @@ def _worker(rank: int, init_file: str, out_dir: str) -> None:
         out["flat_uniform"] = step(ddp, flat, mine, mine_clean, zero_policy="uniform")
         with pytest.warns(RuntimeWarning, match="non-finite"):  # NaN on rank 1's noisy batch only
             out["nan"] = step(ddp, BCELoss(), part(with_nan(noisy, 3), ns), mine_clean)
+        out["mwn"] = learned_steps(ddp, mine, mine_clean, part(with_nan(noisy, 3), ns))
 
         with pytest.raises(ConfigError, match="jvp"):  # auto mode is distributed here
             pixel_weights(model, BCELoss(), mine, mine_clean, LR, backend="higher")
@@ -181,6 +201,28 @@ def test_zero_and_non_finite_decisions_are_global(ranks):
     assert uniform == pytest.approx(noisy[1].mean().item(), rel=1e-12)
     assert all(out["nan"]["status"] == "non_finite" and out["nan"]["loss"] is None for out in ranks)
     assert not any(out["nan"]["weights"].any() for out in ranks)
+
+
+@pytest.mark.slow  # the ranks fixture spawns two processes
+def test_the_learned_weighting_steps_as_one_process_would(ranks):
+    """weighting=mwn under DDP: φ copied from rank 0, its meta gradient summed over all ranks' pixels, so
+    the weights, the loss and the parameter gradients of two steps are those of one process on the
+    concatenated batches (the weighting net is float32: tolerances of float32 sums)."""
+    noisy, clean = batches()
+    model = tiny_unet()
+    torch.manual_seed(10)  # rank 0's φ
+    ref = learned_steps(model, noisy, clean, with_nan(noisy, 3))
+    for k in range(2):
+        got = gather(ranks, "mwn", k, "weights")
+        assert (got - ref[k]["weights"]).abs().max().item() <= 1e-6 * ref[k]["weights"].max().item()
+        assert sum(out["mwn"][k]["loss"] for out in ranks) / WORLD == pytest.approx(ref[k]["loss"], rel=1e-6)
+        for name, g in ref[k]["grads"].items():
+            for out in ranks:
+                assert torch.allclose(out["mwn"][k]["grads"][name], g, rtol=1e-5, atol=1e-9), name
+    for out in ranks:
+        assert all(torch.allclose(a, b, rtol=1e-5, atol=1e-7) for a, b in zip(out["mwn"]["phi"], ref["phi"]))
+        assert out["mwn"]["nan_status"] == "non_finite"  # NaN on rank 1 only: no rank moves φ
+        assert all(torch.equal(a, b) for a, b in zip(out["mwn"]["phi_after_nan"], out["mwn"]["phi"]))
 
 
 def test_resolve_group_without_distributed():

@@ -159,8 +159,6 @@ class MetaReweightedLoss:
                  center_step: float = 0.5, weight_net_hidden: int = 16, weight_net_lr: float = 1e-3) -> None:
         META_BACKENDS.get(backend)
         _check_options(normalize, weighting)
-        if weighting == LEARNED and resolve_group(process_group) is not None:
-            raise ConfigError(f"weighting={LEARNED!r} is not supported in a distributed step")
         if not (isinstance(clean_every, int) and clean_every >= 1):
             raise MetaInputError(f"clean_every must be an integer >= 1, got {clean_every!r}")
         if clean_every > 1 and backend not in FORWARD_MODE_BACKENDS:
@@ -219,11 +217,10 @@ class MetaReweightedLoss:
         pixels = _pixels(p, grad.u, self.weighting, self.center_step)
         if self.learned is None:
             return pixels, None
-        if not bool(torch.isfinite(grad.u).all()):
-            return pixels, grad.u  # non-finite: reported as such, the net is not updated
         if grad.losses is not None:  # the fused pass's loss map: no need to recompute it
             losses = grad.losses.detach()
         else:
             with torch.no_grad():
                 losses = p.loss_fn(p.noisy_logits.detach(), p.noisy[1])
-        return pixels, self.learned.update(grad.u, losses, p.noisy_logits.detach(), pixels.labels)
+        # every rank updates (a collective); a non-finite u anywhere skips the update everywhere
+        return pixels, self.learned.update(grad.u, losses, p.noisy_logits.detach(), pixels.labels, p.group)

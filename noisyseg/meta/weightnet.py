@@ -11,11 +11,18 @@ and u is exactly what the forward-mode backends compute, so training φ costs on
 the MLP (tests check the identity against double backward in float64). Unlike the per-step weights of
 L2RW, the function is shared across steps and images, so what it learns early — while wrong labels are
 told apart — carries over to later steps.
+
+Distributed (a process group), the sum and N run over every rank's pixels in one all-reduce, so each
+rank takes the same Adam step as one process would on all ranks' batches; the first such step copies
+rank 0's φ to every rank, so the ranks start, and stay, identical.
 """
 from __future__ import annotations
 
 import torch
+import torch.distributed as dist
 from torch import Tensor, nn
+
+from noisyseg.distributed import average_gradients
 
 FEATURES = ("loss", "probability", "label")
 
@@ -41,18 +48,31 @@ class LearnedWeighting:
     def __init__(self, hidden: int = 16, lr: float = 1e-3) -> None:
         self.net = WeightNet(hidden)
         self.optimizer = torch.optim.Adam(self.net.parameters(), lr=lr)
+        self._synced = False  # φ copied from rank 0 (distributed steps only)
 
-    def meta_gradient(self, u: Tensor, losses: Tensor, logits: Tensor, labels: Tensor) -> list[Tensor]:
-        """∂L_c/∂φ = 1/N Σ_i u_i ∂w_i/∂φ, to first order in the virtual step (see the module docstring)."""
+    def meta_gradient(self, u: Tensor, losses: Tensor, logits: Tensor, labels: Tensor, group: object = None
+                      ) -> list[Tensor]:
+        """∂L_c/∂φ = 1/N Σ_i u_i ∂w_i/∂φ, to first order in the virtual step (see the module docstring);
+        with ``group``, over every rank's pixels."""
         self.net.to(u.device)
         with torch.enable_grad():
             weights = self.net(losses, logits, labels)
-            return list(torch.autograd.grad((u.detach() * weights).sum() / u.numel(), list(self.net.parameters())))
+            grads = torch.autograd.grad((u.detach() * weights).sum() / u.numel(), list(self.net.parameters()))
+        return list(grads) if group is None else average_gradients(list(grads), u.numel(), group)
 
-    def update(self, u: Tensor, losses: Tensor, logits: Tensor, labels: Tensor) -> Tensor:
-        for param, grad in zip(self.net.parameters(), self.meta_gradient(u, losses, logits, labels)):
-            param.grad = grad
-        self.optimizer.step()
+    def update(self, u: Tensor, losses: Tensor, logits: Tensor, labels: Tensor, group: object = None) -> Tensor:
+        """One Adam step on the meta gradient (none if it is not finite: the step is then reported as
+        non-finite, on every rank alike); the updated net's weights."""
+        if group is not None and not self._synced:
+            self.net.to(u.device)
+            for param in self.net.parameters():
+                dist.broadcast(param.data, group=group, group_src=0)
+            self._synced = True
+        grads = self.meta_gradient(u, losses, logits, labels, group)
+        if all(bool(torch.isfinite(g).all()) for g in grads):
+            for param, grad in zip(self.net.parameters(), grads):
+                param.grad = grad
+            self.optimizer.step()
         with torch.no_grad():
             return self.net(losses, logits, labels)
 
