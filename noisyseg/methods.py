@@ -139,6 +139,43 @@ class DualBatch(Balanced):
         super().__init__(loss, noisy_weight, stream_batch, forward)
 
 
+@METHODS.register("finetune")
+class FineTune(Balanced):
+    """Pretrain with the noisy masks, then fine-tune on the expert ones: the practitioner's two-phase
+    recipe. The first ``switch`` share of the steps are the two-source step of :class:`Balanced` (by
+    default ``dual_batch``'s options), the rest train on whole expert batches only, at the schedule's
+    (by then lower) learning rate.
+
+    Args:
+        switch: share of the training steps in the first phase (0: expert images only; 1: no fine-tuning).
+        epochs, steps_per_epoch: the trainer's (``${trainer.epochs}``, ``${trainer.steps_per_epoch}``).
+    """
+
+    config_name = "finetune"
+
+    def __init__(self, loss: PixelLoss, switch: float = 0.5, epochs: int = 6, steps_per_epoch: int = 50,
+                 noisy_weight: float = 0.5, stream_batch: str = "full", forward: str = "separate") -> None:
+        super().__init__(loss, noisy_weight, stream_batch, forward)
+        if not 0 <= switch <= 1:
+            raise ConfigError(f"method=finetune needs switch in [0, 1], got {switch!r}")
+        self.switch_step = round(switch * epochs * steps_per_epoch)
+        self.steps = 0
+
+    def step(self, model: torch.nn.Module, batches: dict[str, Batch], lr: float) -> StepOutput:
+        pretraining = self.steps < self.switch_step
+        self.steps += 1
+        if pretraining:
+            return super().step(model, batches, lr)
+        clean = batches["clean"]
+        return StepOutput(self.loss(model(clean["image"]), clean["mask"]), {"finetune_phase": 2.0})
+
+    def state_dict(self) -> dict:
+        return {"steps": self.steps}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.steps = state.get("steps", 0)
+
+
 @METHODS.register("oracle")
 class Oracle(Method):
     """The ceiling of a benchmark: noisy + clean images pooled, unweighted, but every noisy-set image with

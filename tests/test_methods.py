@@ -57,3 +57,23 @@ def test_dual_batch_is_balanced_with_the_recommended_options():
     dual = build_method("dual_batch", BCELoss())
     assert (dual.noisy_weight, dual.stream_batch, dual.forward) == (0.5, "full", "separate")
     assert dual.batch_sizes(8) == {"noisy": 8, "clean": 8}
+
+
+def test_finetune_takes_dual_batch_steps_then_expert_batches_only_and_resumes_its_phase():
+    g = torch.Generator().manual_seed(0)
+    batch = {name: {"image": torch.rand(3, 3, 4, 4, generator=g),
+                    "mask": (torch.rand(3, 1, 4, 4, generator=g) > 0.5).float()} for name in ("noisy", "clean")}
+    model, loss = torch.nn.Conv2d(3, 1, 1), BCEDiceLoss()
+    tune = build_method("finetune", loss, switch=0.5, epochs=2, steps_per_epoch=2)  # 2 of 4 steps pretrain
+    assert tune.batch_sizes(8) == {"noisy": 8, "clean": 8}
+    dual = build_method("dual_batch", loss).step(model, batch, 0.1).loss
+    expert = loss(model(batch["clean"]["image"]), batch["clean"]["mask"])
+    losses = [tune.step(model, batch, 0.1) for _ in range(3)]
+    assert [out.loss.item() for out in losses] == [dual.item(), dual.item(), expert.item()]
+    assert losses[2].logs == {"finetune_phase": 2.0} and not losses[0].logs
+    resumed = build_method("finetune", loss, switch=0.5, epochs=2, steps_per_epoch=2)
+    resumed.load_state_dict(tune.state_dict())
+    assert resumed.step(model, batch, 0.1).loss.item() == expert.item()
+    assert build_method("finetune", loss, switch=0.0).step(model, batch, 0.1).loss.item() == expert.item()
+    with pytest.raises(ConfigError, match="method=finetune needs switch"):
+        build_method("finetune", loss, switch=1.5)

@@ -25,7 +25,7 @@ import numpy as np
 from noisyseg.atomic import write_csv
 from noisyseg.sweep import ordered, read_sweep
 
-ORDER = ["clean", "pooled", "balanced", "balanced_w05", "balanced_full", "balanced_down", "meta", "meta_clean",
+ORDER = ["clean", "pooled", "balanced", "balanced_w05", "balanced_full", "balanced_down", "balanced_down_sep", "finetune", "meta", "meta_clean",
          "meta_sign", "meta_cosine", "meta_centered", "meta_class", "meta_mwn", "meta_mwn_mean",
          "meta_mwn_mean_frozen", "meta_mwn_correct", "meta_boot", "meta_allclean", "meta_sign_pure",
          "meta_sign_class", "meta_sign_boot", "meta_sign_allclean", "meta_memory", "adele", "adele_balanced",
