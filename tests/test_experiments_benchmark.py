@@ -104,3 +104,8 @@ def test_recipes_are_chosen_over_presets_among_the_arms_that_ran_every_regime(tm
     assert "Paired over 4 regimes, dual_batch − meta_mwn_mean: validation +0.0050" in text
     with pytest.raises(SystemExit, match="summary.csv does not exist"):
         choose.main([str(tmp_path / "bench_paper")])
+
+
+def test_the_mix_severe_point_moves_kind_and_level_together():
+    (command,) = run.commands("bench_ph2", ["mix_severe"], jobs=1, extra=[], only=["balanced"])
+    assert command[-3:] == ["arm=balanced", "noise=mix", "noise.target_dice=severe"]

@@ -30,6 +30,9 @@ SLICES: dict[str, list[list[str]]] = {  # one axis at a time around the preset's
     "fraction": [["noise.fraction=0.5"]],
     "missing": [["noise.missing=0.1"]],
     "experts": [["data.split.clean=5"], ["data.split.clean=20"]],
+    # the one point off the axes: the goal regimes of the meta-variant and rival issues are coarse and mix
+    # noise at annotator_mean and severe, and mix at severe moves two axes
+    "mix_severe": [["noise=mix", "noise.target_dice=severe"]],
 }
 EXPERT_AXES = ("experts",)  # slices that change what the noise-free arms see
 
