@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -130,6 +131,7 @@ def train(cfg: DictConfig | dict, run_dir: str | Path | None = None) -> dict[str
     log = RunLog(run_dir, cfg.trainer.tensorboard and main)
     resolved = OmegaConf.to_container(cfg, resolve=True)
     epoch, saved = start_epoch, start_epoch - 1  # saved: the epoch that last.pt holds
+    clock = (time.perf_counter(), time.process_time())
     try:
         for epoch in range(start_epoch, cfg.trainer.epochs):
             logs = trainer.train_epoch(epoch)
@@ -175,6 +177,10 @@ def train(cfg: DictConfig | dict, run_dir: str | Path | None = None) -> dict[str
         "steps": trainer.counters["steps"], "skipped_steps": trainer.counters["skipped"], "method_state": _scalars(method.state_dict()),
         "split_sizes": {name: len(a["images"]) for name, a in arrays.items()}, "noise": noise,
         "device": str(device), "processes": world, "config": resolved,
+        # the epochs this process ran (a resumed run: since the resume), with validation, checkpoints and test;
+        # CPU time is this process's, all threads
+        "time": {"epochs": cfg.trainer.epochs - start_epoch, "wall_s": round(time.perf_counter() - clock[0], 2),
+                 "cpu_s": round(time.process_time() - clock[1], 2)},
     }
     write_json(run_dir / "results.json", results)
     return broadcast(results)

@@ -107,6 +107,7 @@ def test_meta_method_end_to_end(tmp_path):
     results = train(config("method=meta", "noise=flip", "noise.level=1.0", "meta.clean_batch_size=2"), tmp_path)
     counts = results["method_state"]["counts"]
     assert sum(counts.values()) == 6 and results["steps"] + results["skipped_steps"] == 6
+    assert results["time"]["epochs"] == 2 and results["time"]["wall_s"] > 0 and results["time"]["cpu_s"] > 0
     assert sorted(p.name for p in (tmp_path / "weights").iterdir()) == ["epoch_000.png", "epoch_001.png"]
     header = (tmp_path / "metrics.csv").read_text().splitlines()[0]
     assert "train_weight_zero_fraction" in header and "train_weight_wrong_right_ratio" in header
