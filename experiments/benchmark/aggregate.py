@@ -1,7 +1,7 @@
 """Aggregate a benchmark: run folders -> one table of regimes x arms, the share of the control-to-oracle
 gap each arm closes, the recipe chosen on validation data, and three plots.
 
-    python experiments/benchmark/aggregate.py experiments/results/bench_quick
+    python experiments/benchmark/aggregate.py experiments/results/bench_quick [--arms clean,balanced,oracle]
 
 A *regime* is (noise kind, named noise level, fraction of noisy images corrupted, share of missing
 masks, number of expert images). Rows are the preset's default regime and the one-axis slices around
@@ -15,6 +15,7 @@ ratio during training) next to ``runs/``.
 """
 from __future__ import annotations
 
+import argparse
 import csv
 import json
 from collections import Counter, defaultdict
@@ -243,7 +244,11 @@ def _curve(run_dir: str, columns: tuple[str, ...]) -> tuple[np.ndarray, ...] | N
 
 
 def main(argv: list[str] | None = None) -> None:
-    root, rows = read_sweep(argv, __doc__.splitlines()[0], collect)
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("root", help="the benchmark folder (holding runs/)")
+    parser.add_argument("--arms", help="comma-separated: print the table with these arms only (the files keep every arm)")
+    args = parser.parse_args(argv)
+    root, rows = read_sweep([args.root], __doc__.splitlines()[0], collect)
     summary, regimes, arms, chosen = summarise(rows)
     default = default_regime(rows)
     write_csv(root / "summary.csv", summary)
@@ -251,7 +256,8 @@ def main(argv: list[str] | None = None) -> None:
     plot_regimes(summary, regimes, arms, default, root / "dice_by_regime.png")
     plot_memorisation(rows, default, root / "memorisation.png")
     plot_weight_ratio(rows, default, root / "weight_ratio.png")
-    print((root / "summary.md").read_text())
+    shown = [a for a in args.arms.split(",") if a in arms] if args.arms else arms
+    print(markdown(summary, regimes, shown, chosen, default))
 
 
 if __name__ == "__main__":
