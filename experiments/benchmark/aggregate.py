@@ -115,18 +115,22 @@ def summarise(rows: list[dict]) -> tuple[list[dict], list[tuple], list[str], str
     return summary, regimes, arms, choose(summary, arms)
 
 
-def choose(summary: list[dict], arms: list[str]) -> dict[str, str | None]:
-    """The recipes named on validation Dice (never test Dice), each the best mean over every regime among
-    the arms that ran them all: ``recommended`` among the non-oracle arms, ``meta_best`` among the meta
-    variants (a variant screened at a few regimes becomes a candidate once it has run the rest);
-    :data:`ABLATIONS` are never chosen."""
+def candidates(summary: list[dict], arms: list[str]) -> list[str]:
+    """The arms a recipe may be chosen from: not the oracle, not an ablation, and run in every regime."""
     ran = {a: {s["regime"] for s in summary if s["arm"] == a} for a in arms}
     every = set().union(*ran.values())
-    means = {a: np.mean([s["val_dice_mean"] for s in summary if s["arm"] == a]) for a in arms}
-    eligible = [a for a in arms if a not in ABLATIONS and a != ORACLE and ran[a] == every]
+    return [a for a in arms if a not in ABLATIONS and a != ORACLE and ran[a] == every]
 
-    def best(candidates: list[str]) -> str | None:
-        return max(candidates, key=means.get) if candidates else None
+
+def choose(summary: list[dict], arms: list[str]) -> dict[str, str | None]:
+    """The recipes named on validation Dice (never test Dice), each the best mean over every regime among
+    the :func:`candidates`: ``recommended`` among them all, ``meta_best`` among the meta variants (a
+    variant screened at a few regimes becomes a candidate once it has run the rest)."""
+    means = {a: np.mean([s["val_dice_mean"] for s in summary if s["arm"] == a]) for a in arms}
+    eligible = candidates(summary, arms)
+
+    def best(names: list[str]) -> str | None:
+        return max(names, key=means.get) if names else None
 
     return {"recommended": best(eligible), "meta_best": best([a for a in eligible if a.startswith("meta")])}
 

@@ -5,7 +5,7 @@
 Each preset's ``summary.csv`` (written by ``aggregate.py``) is read, and its regimes named by preset
 (``bench_ph2: target=severe``), so that the rule of :func:`aggregate.choose` applies to all of them
 together: ``recommended`` is the arm with the best mean validation Dice among the arms that ran every
-regime of every preset, ``meta_best`` the best meta variant over the regimes they all ran. Prints, and
+regime of every preset, ``meta_best`` the best meta variant among them. Prints, and
 writes to ``experiments/results/recipes.md`` (``--out``), the candidates' mean validation and test Dice
 and, for the two best candidates, the paired per-regime difference with its standard error: a
 difference inside two standard errors is a tie, and the README says so.
@@ -56,7 +56,7 @@ def paired(summary: list[dict], a: str, b: str, key: str = "val_dice_mean") -> t
 
 def report(summary: list[dict], arms: list[str], chosen: dict[str, str | None]) -> str:
     regimes = {s["regime"] for s in summary}
-    ran = {a: {s["regime"] for s in summary if s["arm"] == a} for a in arms}
+    eligible = aggregate.candidates(summary, arms)
     rows = []
     for arm in arms:
         if arm == aggregate.ORACLE:
@@ -70,13 +70,11 @@ def report(summary: list[dict], arms: list[str], chosen: dict[str, str | None]) 
              "| arm | regimes run | mean validation Dice | mean test Dice | candidate for recommended |",
              "|---|---|---|---|---|"]
     for val, arm, n, test in sorted(rows, reverse=True):
-        why = "yes" if ran[arm] == regimes and arm not in aggregate.ABLATIONS else (
-            "no (ablation)" if arm in aggregate.ABLATIONS else "no (not every regime)")
+        why = "yes" if arm in eligible else "no (ablation)" if arm in aggregate.ABLATIONS else "no (not every regime)"
         lines.append(f"| {arm} | {n} | {val:.4f} | {test:.4f} | {why} |")
-    candidates = sorted(((v, a) for v, a, _, _ in rows if ran[a] == regimes and a not in aggregate.ABLATIONS),
-                        reverse=True)
-    if len(candidates) > 1:
-        (_, first), (_, second) = candidates[:2]
+    ranked = sorted(((v, a) for v, a, _, _ in rows if a in eligible), reverse=True)
+    if len(ranked) > 1:
+        (_, first), (_, second) = ranked[:2]
         diff, se, n = paired(summary, first, second)
         lines += ["", f"Paired over {n} regimes, {first} − {second}: validation {diff:+.4f} (standard error "
                   f"{se:.4f}), test {paired(summary, first, second, 'test_dice_mean')[0]:+.4f}."]

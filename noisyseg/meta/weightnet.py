@@ -69,7 +69,7 @@ class LearnedWeighting:
                 dist.broadcast(param.data, group=group, group_src=0)
             self._synced = True
         grads = self.meta_gradient(u, losses, logits, labels, group)
-        if all(bool(torch.isfinite(g).all()) for g in grads):
+        if bool(torch.isfinite(torch.cat([g.flatten() for g in grads])).all()):  # one host sync
             for param, grad in zip(self.net.parameters(), grads):
                 param.grad = grad
             self.optimizer.step()
