@@ -35,7 +35,7 @@ from noisyseg.errors import ConfigError
 from noisyseg.inference.mc import MODES as MC_MODES
 from noisyseg.meta import FORWARD_MODE_BACKENDS, META_BACKENDS, NORMALIZE, ZERO_POLICIES
 from noisyseg.meta.weights import weighting_names
-from noisyseg.models.unet import DROPOUT_POSITIONS, NORMS
+from noisyseg.models.unet import DROPOUT_POSITIONS, INITS, NORMS
 from noisyseg.noise import NAMED_DICE
 from noisyseg.optim import SCHEDULES
 
@@ -72,6 +72,7 @@ class ModelConfig:
     norm: str = MISSING
     dropout: float = MISSING
     dropout_position: str = MISSING
+    init: str = MISSING
 
 
 @dataclass
@@ -234,6 +235,7 @@ RULES: dict[str, Rule] = {
     "model.norm": one_of(*NORMS),
     "model.dropout": within(0, 1, closed=False),
     "model.dropout_position": one_of(*DROPOUT_POSITIONS),  # smp: a subset, checked by its builder
+    "model.init": one_of(*INITS),
     "model.encoder_depth": at_least(1, integer=True),
     "model.input_size": at_least(1, integer=True),
     "noise.level": within(0, 1),

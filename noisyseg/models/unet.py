@@ -14,6 +14,7 @@ from noisyseg.models.registry import MODELS
 
 NORMS = ("batch", "group", "none")
 DROPOUT_POSITIONS = ("bottleneck", "decoder", "head")
+INITS = ("default", "he")
 
 
 def _norm(kind: str, channels: int) -> nn.Module:
@@ -47,6 +48,21 @@ class UpBlock(nn.Module):
         return self.conv(torch.cat([self.up(x), skip], dim=1))
 
 
+def _he_init(net: nn.Module) -> None:
+    """Ronneberger et al.'s initialisation: N(0, 2 / N), N = inputs feeding one output unit. For the 2x2,
+    stride-2 transposed convolutions each output pixel sees one tap per input channel, so N = c_in
+    (``kaiming_normal_`` would count the kernel's four taps)."""
+    for module in net.modules():
+        if isinstance(module, nn.ConvTranspose2d):
+            nn.init.normal_(module.weight, std=(2.0 / module.in_channels) ** 0.5)
+        elif isinstance(module, nn.Conv2d):
+            nn.init.kaiming_normal_(module.weight, mode="fan_in", nonlinearity="relu")
+        else:
+            continue
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+
+
 @MODELS.register("unet")
 class UNet(nn.Module):
     """U-Net mapping ``[B, in_channels, H, W]`` images to ``[B, 1, H, W]`` logits.
@@ -59,6 +75,10 @@ class UNet(nn.Module):
         dropout: dropout probability; 0 disables dropout.
         dropout_position: ``"bottleneck"`` (after the bottleneck, as CEAL), ``"decoder"`` (before
             the last decoder block) or ``"head"`` (before the 1x1 output convolution).
+        init: ``"default"`` (PyTorch's) or ``"he"``: the U-Net paper's Gaussian with std sqrt(2 / N), N
+            the inputs of one output unit, and zero biases. Without normalisation layers the default
+            initialisation shrinks the signal at every layer, and SGD at the U-Net paper's small
+            learning rates sits at the all-background plateau for thousands of steps.
     """
 
     def __init__(
@@ -69,12 +89,15 @@ class UNet(nn.Module):
         norm: str = "batch",
         dropout: float = 0.0,
         dropout_position: str = "bottleneck",
+        init: str = "default",
     ) -> None:
         super().__init__()
         if norm not in NORMS:
             raise ConfigError(f"model.norm={norm!r} is not one of {NORMS}")
         if dropout_position not in DROPOUT_POSITIONS:
             raise ConfigError(f"model.dropout_position={dropout_position!r} is not one of {DROPOUT_POSITIONS}")
+        if init not in INITS:
+            raise ConfigError(f"model.init={init!r} is not one of {INITS}")
         if not 0.0 <= dropout < 1.0:
             raise ConfigError(f"model.dropout={dropout} must be in [0, 1)")
         if depth < 1 or base_width < 1:
@@ -90,6 +113,8 @@ class UNet(nn.Module):
         self.ups = nn.ModuleList(UpBlock(widths[i + 1], widths[i], norm) for i in reversed(range(depth)))
         self.head = nn.Conv2d(widths[0], 1, 1)
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        if init == "he":
+            _he_init(self)
 
     def prefix(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor], int]:
         """Deterministic part up to the dropout point: ``(activation, skips, next_up_index)``."""
