@@ -18,7 +18,7 @@ from omegaconf.errors import OmegaConfBaseException
 from noisyseg.atomic import prepare_run_dir
 from noisyseg.checkpoint import load_checkpoint
 from noisyseg.config import CONFIG_DIR, register
-from noisyseg.distributed import is_main
+from noisyseg.distributed import exit_worker, is_main
 from noisyseg.errors import ConfigError, NoisysegError
 from noisyseg.schema import check_command_line
 
@@ -187,8 +187,10 @@ def hydra_main(config_name: str, run: Callable[[DictConfig, str], dict], summary
         except (NoisysegError, OmegaConfBaseException) as err:
             fail(err)
         if cfg is not None:  # the saved config, not a new composition: Hydra would also overwrite the run's .hydra/
-            return _run_and_report(run, cfg, cfg.resume, summary)
+            _run_and_report(run, cfg, cfg.resume, summary)
+            return exit_worker()
     _main()
+    exit_worker()  # under torchrun: leave without the interpreter's teardown (see exit_worker)
 
 
 def _run_and_report(run: Callable[[DictConfig, str], dict], cfg: DictConfig, run_dir: str,
