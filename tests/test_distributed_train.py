@@ -23,14 +23,13 @@ def run(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
 
 
-# arm=meta_best (the learned weighting) is checked against one process in tests/test_distributed.py; under
-# torchrun it aborted at interpreter exit in about one run of ten, after writing its results (docs/performance.md)
-def test_two_processes_train_like_one_with_the_combined_batch(tmp_path):
+@pytest.mark.parametrize("arm", [[], ["arm=meta_best"]], ids=["paper", "meta_best"])  # meta_best: the learned weighting
+def test_two_processes_train_like_one_with_the_combined_batch(tmp_path, arm):
     ddp = run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "noisyseg.train", *COMMON,
-               "trainer.batch_size=4", "meta.clean_batch_size=4", f"hydra.run.dir={tmp_path / 'ddp'}"], tmp_path)
+               *arm, "trainer.batch_size=4", "meta.clean_batch_size=4", f"hydra.run.dir={tmp_path / 'ddp'}"], tmp_path)
     assert ddp.returncode == 0, ddp.stderr[-3000:]
     assert ddp.stdout.count('"run_dir"') == 1  # only rank 0 reports
-    one = run([sys.executable, "-m", "noisyseg.train", *COMMON, "trainer.batch_size=8", "meta.clean_batch_size=8",
+    one = run([sys.executable, "-m", "noisyseg.train", *COMMON, *arm, "trainer.batch_size=8", "meta.clean_batch_size=8",
                f"hydra.run.dir={tmp_path / 'one'}"], tmp_path)
     assert one.returncode == 0, one.stderr[-3000:]
     results = {name: json.loads((tmp_path / name / "results.json").read_text()) for name in ("ddp", "one")}
