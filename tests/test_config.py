@@ -147,3 +147,39 @@ def test_active_learning_with_meta_uses_the_benchmarks_best_meta_variant():
     active = compose_with("active/arm=ceal_meta", name="active_loop").meta
     assert OmegaConf.to_container(active) == OmegaConf.to_container(best)
     assert compose_with("active/arm=ceal_meta", name="active_loop").method.name == "meta"
+
+
+def _keys(node, prefix: str = "") -> set[str]:
+    """The dotted keys a config file sets (its defaults list as ``defaults:/group`` entries)."""
+    keys = set()
+    for key, value in node.items():
+        if key == "defaults":
+            keys |= {f"defaults:{next(iter(d))}" for d in value if isinstance(d, dict)}
+        elif key != "hydra":
+            keys |= _keys(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}"}
+    return keys
+
+
+def test_what_an_arm_sets_holds_in_every_experiment():
+    """Arms are applied after experiments (conf/train.yaml): where both set a key, the arm's value holds
+    (an experiment's meta.clean_batch_size once undid arm=meta_allclean in every benchmark)."""
+    load = lambda group, name: OmegaConf.load(Path(CONFIG_DIR) / group / f"{name}.yaml")  # noqa: E731
+    clashes = 0
+    for arm in options("arm"):
+        arm_node = load("arm", arm)
+        for experiment in options("experiment"):
+            shared = _keys(OmegaConf.to_container(arm_node)) & _keys(OmegaConf.to_container(load("experiment", experiment)))
+            if not shared - {"label"}:
+                continue
+            clashes += 1
+            cfg = compose_with(f"experiment={experiment}", f"arm={arm}")
+            for key in shared - {"label"}:
+                if key.startswith("defaults:override /"):  # the arm's choice of that group
+                    group = key.split("/", 1)[1]
+                    chosen = next(d[f"override /{group}"] for d in arm_node.defaults if f"override /{group}" in d)
+                    assert cfg[group].name == chosen, f"experiment={experiment} undoes arm={arm}'s {group}"
+                else:
+                    assert OmegaConf.select(cfg, key) == OmegaConf.select(arm_node, key), (experiment, arm, key)
+    assert clashes  # the test compares something: arm=gce's loss against experiment=meta_paper's
+    cfg = compose_with("experiment=bench_quick", "arm=meta_allclean")
+    assert cfg.meta.clean_batch_size == "all" and compose_with("experiment=bench_paper").meta.clean_batch_size == 16

@@ -109,3 +109,16 @@ def test_recipes_are_chosen_over_presets_among_the_arms_that_ran_every_regime(tm
 def test_the_mix_severe_point_moves_kind_and_level_together():
     (command,) = run.commands("bench_ph2", ["mix_severe"], jobs=1, extra=[], only=["balanced"])
     assert command[-3:] == ["arm=balanced", "noise=mix", "noise.target_dice=severe"]
+
+
+def test_cost_times_each_arm_as_its_training_run_builds_it(tmp_path, capsys):
+    cost = load("cost")
+    tiny = ["debug=fast", "data.params.count=60", "trainer.batch_size=2"]
+    allclean = cost.trainer_for("bench_quick", "meta_allclean", 2, tiny, str(tmp_path))
+    assert allclean.steps_per_epoch == 2
+    assert allclean.method.batch_sizes(2)["clean"] == len(allclean.streams["clean"])  # the whole expert set
+    cost.main(["bench_quick", "--arms", "balanced,meta_sign", "--steps", "1", "--repeats", "1", "--warmup", "0",
+               "--run-dir", str(tmp_path), "--set", *tiny])
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[-2].startswith("| `balanced` |") and lines[-2].endswith("| 1.00 |")
+    assert lines[-1].startswith("| `meta_sign` |") and float(lines[-1].split("|")[3]) > 0

@@ -1,0 +1,67 @@
+"""Cost per training step of benchmark arms, side by side, in a preset's own setting.
+
+    python experiments/benchmark/cost.py bench_quick --arms balanced,meta,meta_sign,meta_mwn_mean
+    python experiments/benchmark/cost.py bench_paper --arms balanced,meta_mwn_mean --steps 5 --set device=cuda
+
+Each arm's run is built as ``python -m noisyseg.train experiment=<preset> arm=<arm>`` builds it (data,
+augmentation, method, model, optimiser), and trained in rounds of ``--steps`` steps (whole
+``Trainer.train_epoch`` calls: data loading, the method's step, backward, optimiser), the arms
+interleaved in a shuffled order every round so that a shared machine slows them alike. Printed: the
+median process CPU time per step after ``--warmup`` rounds, and its ratio to the first arm's (CPU time:
+less sensitive to a shared machine than wall-clock; on a GPU read the wall time).
+"""
+from __future__ import annotations
+
+import argparse
+import random
+import statistics
+import time
+import warnings
+
+import torch
+
+from noisyseg.build import build_data, build_trainer
+from noisyseg.config import compose
+
+
+def trainer_for(preset: str, arm: str, steps: int, extra: list[str], run_dir: str):
+    """The arm's trainer, built as the training run builds it, doing ``steps`` steps per ``train_epoch``."""
+    cfg = compose(f"experiment={preset}", f"arm={arm}", "trainer.progress=false", *extra)
+    torch.manual_seed(cfg.seed)
+    arrays, _ = build_data(cfg, run_dir, manifest=False)
+    trainer = build_trainer(cfg, arrays, cfg.device if cfg.device != "auto" else "cpu").trainer
+    trainer.steps_per_epoch = steps
+    return trainer
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("preset")
+    p.add_argument("--arms", required=True, help="comma-separated; the first is the reference (ratio 1)")
+    p.add_argument("--steps", type=int, default=10, help="steps per timed round")
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--set", nargs="*", default=[], help="extra overrides for every arm")
+    p.add_argument("--run-dir", default="/tmp/noisyseg-cost", help="where data building may write its notes")
+    args = p.parse_args(argv)
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    torch.set_num_threads(args.threads)
+    arms = args.arms.split(",")
+    trainers = {arm: trainer_for(args.preset, arm, args.steps, args.set, args.run_dir) for arm in arms}
+    times: dict[str, list[float]] = {arm: [] for arm in arms}
+    for r in range(args.warmup + args.repeats):
+        for arm in random.Random(r).sample(arms, len(arms)):
+            start = time.process_time()
+            trainers[arm].train_epoch(r)
+            if r >= args.warmup:
+                times[arm].append((time.process_time() - start) / args.steps)
+    base = statistics.median(times[arms[0]])
+    print(f"{args.preset}, {args.threads} thread(s): median CPU s per step over {args.repeats} rounds of {args.steps}")
+    print(f"| arm | CPU s / step | × {arms[0]} |\n|---|---|---|")
+    for arm in arms:
+        print(f"| `{arm}` | {statistics.median(times[arm]):.3f} | {statistics.median(times[arm]) / base:.2f} |")
+
+
+if __name__ == "__main__":
+    main()

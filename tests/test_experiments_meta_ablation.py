@@ -1,0 +1,35 @@
+"""The meta-ablation probes (experiments/meta_ablation) on a tiny run of the authors' recipe."""
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ["debug=fast", "data.params.count=60", "model.depth=2", "meta.clean_batch_size=2", "trainer.batch_size=2"]
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def load(name: str):
+    spec = importlib.util.spec_from_file_location(f"meta_ablation_{name}", ROOT / "experiments" / "meta_ablation" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("model", [["model.dropout=0.5"], ["model.norm=batch"]])
+def test_plateau_probe_records_every_step_without_changing_the_training(tmp_path, model):
+    probe = load("plateau_probe")
+    plain, recorded, rows = probe.build(TINY + model, tmp_path), probe.build(TINY + model, tmp_path), []
+    probe.record(recorded.method, rows)
+    plain.train_epoch(0), recorded.train_epoch(0)
+    assert len(rows) == plain.steps_per_epoch
+    for a, b in zip(plain.model.state_dict().values(), recorded.model.state_dict().values()):
+        assert torch.equal(a, b)  # its extra forward passes neither draw the run's random numbers nor move its statistics
+    for row in rows:
+        assert 0 <= row["lesion_share"] <= 1 and 0 <= row["zero"] <= 1
+        assert 0 <= row["lesion_mass"] <= 1 or row["lesion_mass"] != row["lesion_mass"]  # nan: all weights 0
+        assert -1 <= row["clean_bias"] <= 1 and 0 < row["noisy_prob"] < 1
