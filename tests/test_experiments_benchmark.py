@@ -38,7 +38,7 @@ def fabricate(root: Path, label: str, seed: int, test: float, val: float, target
     (folder / "metrics.csv").write_text("\n".join(rows) + "\n")
 
 
-def test_gap_closed_and_recommendation_on_validation(tmp_path):
+def test_gap_closed_and_recommendation_on_validation(tmp_path, capsys):
     for seed in range(3):
         fabricate(tmp_path, "clean", seed, 0.70, 0.70)
         fabricate(tmp_path, "balanced", seed, 0.80, 0.80)
@@ -60,6 +60,14 @@ def test_gap_closed_and_recommendation_on_validation(tmp_path):
     assert "| default (0.78) |" in table and "0.850 ± 0.000 (+50 %)" in table
     assert (tmp_path / "dice_by_regime.png").stat().st_size > 1000 and (tmp_path / "memorisation.png").stat().st_size > 1000
     assert (tmp_path / "weight_ratio.png").stat().st_size > 1000
+    capsys.readouterr()
+    aggregate.main([str(tmp_path), "--by-arm", "--arms", "balanced,meta"])
+    by_arm = capsys.readouterr().out.splitlines()
+    assert by_arm[0] == "| arm | default | target=severe | mean (regimes) |"
+    assert by_arm[2] == "| balanced | 0.800 ± 0.000 | 0.710 ± 0.010 | 0.755 (2) |"
+    meta_severe = 100 * (0.75 - 0.71) / (0.90 - 0.71)
+    assert by_arm[3] == (f"| meta | 0.850 ± 0.000 (+50 %) | 0.750 ± 0.000 ({meta_severe:+.0f} %) | "
+                         f"0.800 ({(50 + meta_severe) / 2:+.0f} %) (2) |")
     (epochs, mean), = aggregate._mean_curves(aggregate.collect(tmp_path), "meta", aggregate.default_regime(
         aggregate.collect(tmp_path)), ("train_weight_wrong_right_ratio",))
     assert list(epochs) == [0, 1, 2] and list(mean) == [0.5, 1.0, 1.5]

@@ -156,6 +156,26 @@ def markdown(summary: list[dict], regimes: list[tuple], arms: list[str], chosen:
             f"meta_best **{chosen['meta_best']}**.\n")
 
 
+def markdown_by_arm(summary: list[dict], regimes: list[tuple], arms: list[str], default: tuple) -> str:
+    """The same cells turned round, an arm per row (many arms, few regimes), with each arm's mean test
+    Dice and gap share over the regimes it ran."""
+    entry = {(s["arm"], s["regime"]): s for s in summary}
+    names = [regime_name(v, default) for v in regimes]
+    lines = ["| arm | " + " | ".join(names) + " | mean (regimes) |", "|---|" + "---|" * (len(names) + 1)]
+    for arm in arms:
+        ran = [entry[arm, n] for n in names if (arm, n) in entry]
+        cells = []
+        for name in names:
+            s = entry.get((arm, name))
+            gap = "" if s is None or s["gap_closed"] is None or arm in CONTROLS + (ORACLE,) else f" ({100 * s['gap_closed']:+.0f} %)"
+            cells.append(f"{s['test_dice_mean']:.3f} ± {s['test_dice_std']:.3f}{gap}" if s else "–")
+        shares = [s["gap_closed"] for s in ran if s["gap_closed"] is not None]
+        mean = f"{np.mean([s['test_dice_mean'] for s in ran]):.3f}" + (
+            f" ({100 * np.mean(shares):+.0f} %)" if shares and arm not in CONTROLS + (ORACLE,) else "") + f" ({len(ran)})"
+        lines.append(f"| {arm} | " + " | ".join(cells) + f" | {mean} |")
+    return "\n".join(lines) + "\n"
+
+
 def plot_regimes(summary: list[dict], regimes: list[tuple], arms: list[str], default: tuple, path: Path) -> None:
     plt = _pyplot()
     names = [regime_name(v, default) for v in regimes]
@@ -251,6 +271,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("root", help="the benchmark folder (holding runs/)")
     parser.add_argument("--arms", help="comma-separated: print the table with these arms only (the files keep every arm)")
+    parser.add_argument("--by-arm", action="store_true", help="print an arm per row and a regime per column")
     args = parser.parse_args(argv)
     root, rows = read_sweep([args.root], __doc__.splitlines()[0], collect)
     summary, regimes, arms, chosen = summarise(rows)
@@ -261,7 +282,7 @@ def main(argv: list[str] | None = None) -> None:
     plot_memorisation(rows, default, root / "memorisation.png")
     plot_weight_ratio(rows, default, root / "weight_ratio.png")
     shown = [a for a in args.arms.split(",") if a in arms] if args.arms else arms
-    print(markdown(summary, regimes, shown, chosen, default))
+    print(markdown_by_arm(summary, regimes, shown, default) if args.by_arm else markdown(summary, regimes, shown, chosen, default))
 
 
 if __name__ == "__main__":
