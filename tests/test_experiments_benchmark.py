@@ -129,4 +129,4 @@ def test_cost_times_each_arm_as_its_training_run_builds_it(tmp_path, capsys):
                "--run-dir", str(tmp_path), "--set", *tiny])
     lines = capsys.readouterr().out.splitlines()
     assert lines[-2].startswith("| `balanced` |") and lines[-2].endswith("| 1.00 |")
-    assert lines[-1].startswith("| `meta_sign` |") and float(lines[-1].split("|")[3]) > 0
+    assert lines[-1].startswith("| `meta_sign` |") and float(lines[-1].split("|")[3]) > 0 and float(lines[-1].split("|")[5]) > 0

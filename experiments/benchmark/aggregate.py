@@ -135,17 +135,24 @@ def choose(summary: list[dict], arms: list[str]) -> dict[str, str | None]:
     return {"recommended": best(eligible), "meta_best": best([a for a in eligible if a.startswith("meta")])}
 
 
+REFERENCES = CONTROLS + (ORACLE,)  # the arms the gap share is measured against: no share of their own
+
+
+def _cell(s: dict | None, arm: str) -> str:
+    """One table cell: test Dice mean ± std, and the share of the gap closed (not for the references)."""
+    if s is None:
+        return "–"
+    gap = "" if s["gap_closed"] is None or arm in REFERENCES else f" ({100 * s['gap_closed']:+.0f} %)"
+    return f"{s['test_dice_mean']:.3f} ± {s['test_dice_std']:.3f}{gap}"
+
+
 def markdown(summary: list[dict], regimes: list[tuple], arms: list[str], chosen: dict[str, str], default: tuple) -> str:
     entry = {(s["arm"], s["regime"]): s for s in summary}
     names = [regime_name(v, default) for v in regimes]
     lines = ["| regime (noisy-mask Dice) | " + " | ".join(arms) + " |", "|---|" + "---|" * len(arms)]
     for name in names:
         noisy = [entry[a, name]["realised_dice"] for a in arms if (a, name) in entry and a not in NOISE_FREE]
-        cells = []
-        for arm in arms:
-            s = entry.get((arm, name))
-            gap = "" if s is None or s["gap_closed"] is None or arm in CONTROLS + (ORACLE,) else f" ({100 * s['gap_closed']:+.0f} %)"
-            cells.append(f"{s['test_dice_mean']:.3f} ± {s['test_dice_std']:.3f}{gap}" if s else "–")
+        cells = [_cell(entry.get((arm, name)), arm) for arm in arms]
         lines.append(f"| {name} ({np.mean(noisy) if noisy else 1.0:.2f}) | " + " | ".join(cells) + " |")
     d = dict(zip(AXES, default))
     n = max(s["n"] for s in summary)
@@ -164,14 +171,10 @@ def markdown_by_arm(summary: list[dict], regimes: list[tuple], arms: list[str], 
     lines = ["| arm | " + " | ".join(names) + " | mean (regimes) |", "|---|" + "---|" * (len(names) + 1)]
     for arm in arms:
         ran = [entry[arm, n] for n in names if (arm, n) in entry]
-        cells = []
-        for name in names:
-            s = entry.get((arm, name))
-            gap = "" if s is None or s["gap_closed"] is None or arm in CONTROLS + (ORACLE,) else f" ({100 * s['gap_closed']:+.0f} %)"
-            cells.append(f"{s['test_dice_mean']:.3f} ± {s['test_dice_std']:.3f}{gap}" if s else "–")
+        cells = [_cell(entry.get((arm, name)), arm) for name in names]
         shares = [s["gap_closed"] for s in ran if s["gap_closed"] is not None]
         mean = f"{np.mean([s['test_dice_mean'] for s in ran]):.3f}" + (
-            f" ({100 * np.mean(shares):+.0f} %)" if shares and arm not in CONTROLS + (ORACLE,) else "") + f" ({len(ran)})"
+            f" ({100 * np.mean(shares):+.0f} %)" if shares and arm not in REFERENCES else "") + f" ({len(ran)})"
         lines.append(f"| {arm} | " + " | ".join(cells) + f" | {mean} |")
     return "\n".join(lines) + "\n"
 

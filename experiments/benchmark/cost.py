@@ -7,8 +7,8 @@ Each arm's run is built as ``python -m noisyseg.train experiment=<preset> arm=<a
 augmentation, method, model, optimiser), and trained in rounds of ``--steps`` steps (whole
 ``Trainer.train_epoch`` calls: data loading, the method's step, backward, optimiser), the arms
 interleaved in a shuffled order every round so that a shared machine slows them alike. Printed: the
-median process CPU time per step after ``--warmup`` rounds, and its ratio to the first arm's (CPU time:
-less sensitive to a shared machine than wall-clock; on a GPU read the wall time).
+median process CPU time and wall time per step after ``--warmup`` rounds, each with its ratio to the
+first arm's (on a CPU read the CPU time, less sensitive to a shared machine; on a GPU the wall time).
 """
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ import torch
 
 from noisyseg.build import build_data, build_trainer
 from noisyseg.config import compose
+from noisyseg.device import resolve_device, synchronize
 
 
 def trainer_for(preset: str, arm: str, steps: int, extra: list[str], run_dir: str):
@@ -29,7 +30,7 @@ def trainer_for(preset: str, arm: str, steps: int, extra: list[str], run_dir: st
     cfg = compose(f"experiment={preset}", f"arm={arm}", "trainer.progress=false", *extra)
     torch.manual_seed(cfg.seed)
     arrays, _ = build_data(cfg, run_dir, manifest=False)
-    trainer = build_trainer(cfg, arrays, cfg.device if cfg.device != "auto" else "cpu").trainer
+    trainer = build_trainer(cfg, arrays, resolve_device(cfg.device)).trainer
     trainer.steps_per_epoch = steps
     return trainer
 
@@ -49,18 +50,23 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
     arms = args.arms.split(",")
     trainers = {arm: trainer_for(args.preset, arm, args.steps, args.set, args.run_dir) for arm in arms}
-    times: dict[str, list[float]] = {arm: [] for arm in arms}
+    cpu: dict[str, list[float]] = {arm: [] for arm in arms}
+    wall: dict[str, list[float]] = {arm: [] for arm in arms}
     for r in range(args.warmup + args.repeats):
         for arm in random.Random(r).sample(arms, len(arms)):
-            start = time.process_time()
-            trainers[arm].train_epoch(r)
+            trainer = trainers[arm]
+            start_cpu, start_wall = time.process_time(), time.perf_counter()
+            trainer.train_epoch(r)
+            synchronize(trainer.device)
             if r >= args.warmup:
-                times[arm].append((time.process_time() - start) / args.steps)
-    base = statistics.median(times[arms[0]])
-    print(f"{args.preset}, {args.threads} thread(s): median CPU s per step over {args.repeats} rounds of {args.steps}")
-    print(f"| arm | CPU s / step | × {arms[0]} |\n|---|---|---|")
+                cpu[arm].append((time.process_time() - start_cpu) / args.steps)
+                wall[arm].append((time.perf_counter() - start_wall) / args.steps)
+    medians = {name: {arm: statistics.median(t[arm]) for arm in arms} for name, t in (("cpu", cpu), ("wall", wall))}
+    print(f"{args.preset}, {args.threads} thread(s): median s per step over {args.repeats} rounds of {args.steps}")
+    print(f"| arm | wall s / step | × {arms[0]} | CPU s / step | × {arms[0]} |\n|---|---|---|---|---|")
     for arm in arms:
-        print(f"| `{arm}` | {statistics.median(times[arm]):.3f} | {statistics.median(times[arm]) / base:.2f} |")
+        w, c = medians["wall"][arm], medians["cpu"][arm]
+        print(f"| `{arm}` | {w:.3f} | {w / medians['wall'][arms[0]]:.2f} | {c:.3f} | {c / medians['cpu'][arms[0]]:.2f} |")
 
 
 if __name__ == "__main__":
