@@ -130,3 +130,12 @@ def test_cost_times_each_arm_as_its_training_run_builds_it(tmp_path, capsys):
     lines = capsys.readouterr().out.splitlines()
     assert lines[-2].startswith("| `balanced` |") and lines[-2].endswith("| 1.00 |")
     assert lines[-1].startswith("| `meta_sign` |") and float(lines[-1].split("|")[3]) > 0 and float(lines[-1].split("|")[5]) > 0
+
+
+def test_cost_names_an_unknown_arm_or_preset(capsys):
+    cost = load("cost")
+    for argv, named in ((["bench_quick", "--arms", "balanced,nosuch"], "unknown arm nosuch"),
+                        (["no_preset", "--arms", "balanced"], "unknown experiment no_preset")):
+        with pytest.raises(SystemExit) as exit_:
+            cost.main(argv)
+        assert exit_.value.code == 2 and named in capsys.readouterr().err

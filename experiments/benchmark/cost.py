@@ -17,11 +17,12 @@ import random
 import statistics
 import time
 import warnings
+from pathlib import Path
 
 import torch
 
 from noisyseg.build import build_data, build_trainer
-from noisyseg.config import compose
+from noisyseg.config import CONFIG_DIR, compose
 from noisyseg.device import resolve_device, synchronize
 
 
@@ -49,6 +50,10 @@ def main(argv: list[str] | None = None) -> None:
     warnings.filterwarnings("ignore", category=DeprecationWarning)
     torch.set_num_threads(args.threads)
     arms = args.arms.split(",")
+    for group, names in (("experiment", [args.preset]), ("arm", arms)):
+        known = sorted(f.stem for f in Path(CONFIG_DIR, group).glob("*.yaml"))
+        if unknown := [n for n in names if n not in known]:
+            p.error(f"unknown {group} {', '.join(unknown)} (conf/{group}/): choose from {', '.join(known)}")
     trainers = {arm: trainer_for(args.preset, arm, args.steps, args.set, args.run_dir) for arm in arms}
     cpu: dict[str, list[float]] = {arm: [] for arm in arms}
     wall: dict[str, list[float]] = {arm: [] for arm in arms}
