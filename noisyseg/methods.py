@@ -7,6 +7,7 @@ new method is one small class registered here.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Sequence
 
 import torch
 
@@ -15,6 +16,7 @@ from noisyseg.errors import ConfigError
 from noisyseg.losses import PixelLoss
 from noisyseg.meta import MetaReweightedLoss
 from noisyseg.meta.memory import WeightMemory
+from noisyseg.meta.weightnet import DEFAULT_FEATURES
 from noisyseg.registry import Registry
 
 METHODS: Registry = Registry("method")
@@ -218,7 +220,8 @@ class MetaReweighted(Method):
                  clean_batch_size: int | str = 16, normalize: str = "batch", zero_policy: str = "skip",
                  clean_loss_weight: float = 0.0, params: list[str] | None = None, clean_every: int = 1,
                  weighting: str = "l2rw", center_step: float = 0.5, weight_net_hidden: int = 16,
-                 weight_net_lr: float = 1e-3, bootstrap: float = 0.0, memory: float | None = None,
+                 weight_net_lr: float = 1e-3, weight_net_features: Sequence[str] = DEFAULT_FEATURES,
+                 bootstrap: float = 0.0, memory: float | None = None,
                  memory_freeze_after: int | None = None, correct: bool = False, correct_tau: float = 0.7,
                  correct_r: float = 0.9, steps_per_epoch: int = 50) -> None:
         super().__init__(loss)
@@ -236,7 +239,8 @@ class MetaReweighted(Method):
         self.bootstrap = bootstrap
         self.meta_loss = MetaReweightedLoss(loss.per_pixel, lr or 0.0, backend, normalize, zero_policy, params=params,
                                             clean_every=clean_every, weighting=weighting, center_step=center_step,
-                                            weight_net_hidden=weight_net_hidden, weight_net_lr=weight_net_lr)
+                                            weight_net_hidden=weight_net_hidden, weight_net_lr=weight_net_lr,
+                                            weight_net_features=weight_net_features)
         self.last: dict[str, torch.Tensor] = {}
         self.clean_images = self.noisy_images = 0
 

@@ -34,6 +34,7 @@ from omegaconf.nodes import BooleanNode, IntegerNode, StringNode
 from noisyseg.errors import ConfigError
 from noisyseg.inference.mc import MODES as MC_MODES
 from noisyseg.meta import FORWARD_MODE_BACKENDS, META_BACKENDS, NORMALIZE, ZERO_POLICIES
+from noisyseg.meta.weightnet import FEATURES
 from noisyseg.meta.weights import weighting_names
 from noisyseg.models.unet import DROPOUT_POSITIONS, INITS, NORMS
 from noisyseg.noise import NAMED_DICE
@@ -135,6 +136,7 @@ class MetaConfig:
     center_step: float = MISSING
     weight_net_hidden: int = MISSING
     weight_net_lr: float = MISSING
+    weight_net_features: List[str] = MISSING
     bootstrap: float = MISSING
     memory: Optional[float] = MISSING
     memory_freeze_after: Optional[int] = MISSING
@@ -204,6 +206,11 @@ def _is_num(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
+def _known_features(v: Any) -> bool:
+    names = list(v) if OmegaConf.is_list(v) or isinstance(v, list) else []
+    return bool(names) and len(set(names)) == len(names) and all(name in FEATURES for name in names)
+
+
 def at_least(low: float, integer: bool = False, strict: bool = False, null: bool = False) -> Rule:
     kind = _is_int if integer else _is_num
     text = f"{'>' if strict else '>='} {low}" + (" (an integer)" if integer else "")
@@ -267,6 +274,7 @@ RULES: dict[str, Rule] = {
     "meta.center_step": at_least(0, strict=True),
     "meta.weight_net_hidden": at_least(1, integer=True),
     "meta.weight_net_lr": at_least(0, strict=True),
+    "meta.weight_net_features": Rule(_known_features, f"distinct names from {', '.join(FEATURES.names())}"),
     "meta.bootstrap": at_least(0),
     "meta.memory": Rule(lambda v: v is None or (_is_num(v) and 0 <= v < 1), "null or in [0, 1)"),
     "meta.memory_freeze_after": at_least(1, integer=True, null=True),

@@ -8,7 +8,8 @@ from noisyseg.errors import ConfigError
 from noisyseg.losses import BCEDiceLoss, BCELoss
 from noisyseg.meta import META_BACKENDS, MetaInputError, MetaReweightedLoss, pixel_weights
 from noisyseg.meta import reweight as meta_reweight
-from noisyseg.meta.weightnet import LearnedWeighting
+from noisyseg.meta.weightnet import (LearnedWeighting, WeightNet, boundary_feature, outline_distance,
+                                     outline_distance_reference)
 from noisyseg.meta.weights import WEIGHTINGS, Pixels, _normalize
 from noisyseg.methods import build_method
 from tests.test_meta import LR, batches, tiny_unet
@@ -85,12 +86,13 @@ def test_class_normalisation_gives_each_class_its_pixel_share():
     assert _normalize(raw, "class", labels)[0][labels[0] > 0.5].sum() == 0
 
 
-def test_learned_weighting_meta_gradient_is_the_double_backward_of_the_virtual_step():
+@pytest.mark.parametrize("features", [("loss", "probability", "label"), ("loss", "label", "boundary")])
+def test_learned_weighting_meta_gradient_is_the_double_backward_of_the_virtual_step(features):
     """d/dφ of the first-order change of the clean loss after θ' = θ − α/N Σ w_i(φ) ∇ℓ_i equals
     1/N Σ_i u_i ∂w_i/∂φ with u from the forward-mode step (float64)."""
     model, (noisy, clean), loss = tiny_unet(dropout=0.0), batches(), BCELoss()
     torch.manual_seed(0)
-    learned = LearnedWeighting(hidden=5)
+    learned = LearnedWeighting(hidden=5, features=features)
     torch.nn.init.normal_(learned.net.net[2].weight)  # away from the zero init, so every φ has a gradient
     learned.net.double()
     u, problem = meta_u(model, loss, noisy, clean, "jvp")
@@ -109,9 +111,35 @@ def test_learned_weighting_meta_gradient_is_the_double_backward_of_the_virtual_s
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-15)
 
 
+@pytest.mark.parametrize("shape", [(3, 1, 7, 9), (2, 12, 5)])
+@pytest.mark.parametrize("reach", [1, 2, 5])
+def test_outline_distance_is_the_chessboard_distance_to_the_other_class(shape, reach):
+    torch.manual_seed(reach)
+    labels = (torch.rand(shape) < 0.3).double()
+    labels[0] = torch.nn.functional.max_pool2d(labels[0].view(-1, 1, *shape[-2:]), 3, 1, 1).view(labels[0].shape)
+    labels[-1] = 0.0  # no outline at all: every pixel is `reach` away
+    soft = labels * 0.9 + 0.05  # smoothed labels: thresholded at 1/2
+    fast = outline_distance(soft, reach)
+    torch.testing.assert_close(fast, outline_distance_reference(soft, reach).to(fast.dtype))
+    assert fast.shape == labels.shape and (fast[-1] == reach).all()
+
+
+def test_boundary_feature_is_zero_at_the_outline_and_saturates_inside_and_out():
+    labels = torch.zeros(1, 1, 40, 40)
+    labels[..., 10:30, 10:30] = 1
+    feature = boundary_feature(labels, labels, labels)  # reach: 0.125 of 40 = 5 px
+    assert feature[0, 0, 10, 20] == 0 and feature[0, 0, 9, 20] == 0
+    assert feature[0, 0, 12, 20] == pytest.approx(2 / 5) and feature[0, 0, 20, 20] == 1 and feature[0, 0, 0, 0] == 1
+    with pytest.raises(ConfigError, match="unknown weighting-network feature 'edge'"):
+        WeightNet(features=("loss", "edge"))
+    with pytest.raises(ConfigError, match="distinct"):
+        WeightNet(features=("loss", "loss"))
+
+
 def test_learned_weighting_trains_resumes_and_refuses_the_stateless_api():
     model, (noisy, clean) = tiny_unet(torch.float32, dropout=0.0), batches(torch.float32)
-    method = build_method("meta", BCELoss(), weighting="mwn", weight_net_lr=0.05)
+    method = build_method("meta", BCELoss(), weighting="mwn", weight_net_lr=0.05,
+                          weight_net_features=["loss", "probability", "label", "boundary"])
     before = [p.clone() for p in method.meta_loss.learned.net.parameters()]
     batch = {"noisy": {"image": noisy[0], "mask": noisy[1], "true_mask": noisy[1]},
              "clean": {"image": clean[0], "mask": clean[1], "true_mask": clean[1]}}
@@ -119,7 +147,8 @@ def test_learned_weighting_trains_resumes_and_refuses_the_stateless_api():
     assert out.loss is not None and torch.isfinite(out.loss)
     after = list(method.meta_loss.learned.net.parameters())
     assert any(not torch.equal(a, b) for a, b in zip(before, after))
-    resumed = build_method("meta", BCELoss(), weighting="mwn", weight_net_lr=0.05)
+    resumed = build_method("meta", BCELoss(), weighting="mwn", weight_net_lr=0.05,
+                           weight_net_features=["loss", "probability", "label", "boundary"])
     resumed.load_state_dict(method.state_dict())
     for a, b in zip(resumed.meta_loss.learned.net.parameters(), after):
         assert torch.equal(a, b)

@@ -1,7 +1,8 @@
 """A learned weighting function: Meta-Weight-Net (Shu et al., NeurIPS 2019) for pixels, as in Meta
 Corrupted Pixels Mining (Wang et al., MICCAI 2020).
 
-A small MLP maps each noisy pixel's (loss, probability, label) to a weight in (0, 1). Its parameters φ
+A small MLP maps each noisy pixel's (loss, probability, label) to a weight in (0, 1); optionally also
+its distance to the noisy mask's outline (``boundary``), where most annotation errors lie. Its parameters φ
 learn from the meta gradient: with the virtual step ``θ' = θ − α/N Σ_i w_i(φ) ∇ℓ_i(θ)``, to first order
 in α
 
@@ -18,26 +19,93 @@ rank 0's φ to every rank, so the ranks start, and stay, identical.
 """
 from __future__ import annotations
 
+from typing import Callable, Sequence
+
 import torch
 import torch.distributed as dist
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from noisyseg.distributed import average_gradients
+from noisyseg.errors import ConfigError
+from noisyseg.registry import Registry
 
-FEATURES = ("loss", "probability", "label")
+Feature = Callable[[Tensor, Tensor, Tensor], Tensor]  # (losses, logits, labels) -> a map shaped like losses
+FEATURES: Registry[Feature] = Registry("weighting-network feature")
+DEFAULT_FEATURES = ("loss", "probability", "label")
+BOUNDARY_REACH = 0.125  # the boundary feature saturates this far from the outline (a share of the shorter side)
+
+FEATURES.register("loss")(lambda losses, logits, labels: losses)
+FEATURES.register("probability")(lambda losses, logits, labels: torch.sigmoid(logits))
+FEATURES.register("label")(lambda losses, logits, labels: labels)
+
+
+@FEATURES.register("boundary")
+def boundary_feature(losses: Tensor, logits: Tensor, labels: Tensor) -> Tensor:
+    """Distance to the noisy mask's outline, 0 next to it and 1 at :data:`BOUNDARY_REACH` of the shorter
+    side or farther: a hurried or loose outline is wrong near the outline, rarely far from it."""
+    reach = max(1, round(BOUNDARY_REACH * min(labels.shape[-2:])))
+    return outline_distance(labels, reach).to(losses.dtype) / reach
+
+
+def outline_distance(labels: Tensor, reach: int) -> Tensor:
+    """Per pixel, the chessboard distance to the nearest pixel of the other class, minus one, capped at
+    ``reach``: 0 for a pixel touching the other class. ``labels`` [..., H, W], thresholded at 1/2; the
+    frame is not an outline (a mask without both classes is ``reach`` everywhere).
+
+    Grows each class by one pixel ``reach`` times (a 3×3 max-pool), so it costs ``reach`` pools;
+    :func:`outline_distance_reference` is the brute-force definition the tests compare it with.
+    """
+    shape = labels.shape
+    lesion = (labels.detach().reshape(-1, 1, *shape[-2:]) > 0.5).float()
+    near_lesion, near_skin = lesion, 1 - lesion
+    far = torch.zeros_like(lesion)
+    for _ in range(reach):
+        near_lesion = F.max_pool2d(near_lesion, 3, stride=1, padding=1)  # pads with -inf: no frame outline
+        near_skin = F.max_pool2d(near_skin, 3, stride=1, padding=1)
+        far += torch.where(lesion > 0, 1 - near_skin, 1 - near_lesion)  # 1 while the other class is still away
+    return far.reshape(shape)
+
+
+def outline_distance_reference(labels: Tensor, reach: int) -> Tensor:
+    """:func:`outline_distance` by its definition, pixel by pixel (slow; for tests)."""
+    masks = (labels.detach().reshape(-1, *labels.shape[-2:]) > 0.5).cpu()
+    out = torch.full(masks.shape, float(reach))
+    rows, cols = masks.shape[-2:]
+    for b, mask in enumerate(masks):
+        for i in range(rows):
+            for j in range(cols):
+                other = (mask != mask[i, j]).nonzero()
+                if len(other):
+                    chessboard = torch.maximum((other[:, 0] - i).abs(), (other[:, 1] - j).abs()).min()
+                    out[b, i, j] = min(float(chessboard) - 1, reach)
+    return out.reshape(labels.shape)
+
+
+def check_features(features: Sequence[str]) -> tuple[str, ...]:
+    """``features`` as a tuple of registered names; a ConfigError for an unknown, repeated or empty list."""
+    names = tuple(features)
+    for name in names:
+        FEATURES.get(name)
+    if not names or len(set(names)) != len(names):
+        raise ConfigError(f"weighting-network features {list(names)} must be distinct names from "
+                          f"{', '.join(FEATURES.names())}")
+    return names
 
 
 class WeightNet(nn.Module):
-    """(loss, σ(z), label) per pixel -> weight in (0, 1); applied to maps of any shape."""
+    """Per-pixel features (by default loss, σ(z), label) -> weight in (0, 1); applied to maps of any shape."""
 
-    def __init__(self, hidden: int = 16) -> None:
+    def __init__(self, hidden: int = 16, features: Sequence[str] = DEFAULT_FEATURES) -> None:
         super().__init__()
-        self.net = nn.Sequential(nn.Linear(len(FEATURES), hidden), nn.ReLU(), nn.Linear(hidden, 1))
+        self.features = check_features(features)
+        self.net = nn.Sequential(nn.Linear(len(self.features), hidden), nn.ReLU(), nn.Linear(hidden, 1))
         nn.init.zeros_(self.net[2].weight)  # start at w = 0.5 everywhere: uniform weights
         nn.init.zeros_(self.net[2].bias)
 
     def forward(self, losses: Tensor, logits: Tensor, labels: Tensor) -> Tensor:
-        features = torch.stack([losses, torch.sigmoid(logits), labels], dim=-1).detach()
+        maps = [FEATURES.get(name)(losses, logits, labels) for name in self.features]
+        features = torch.stack(maps, dim=-1).detach()
         return torch.sigmoid(self.net(features.to(self.net[0].weight.dtype))).squeeze(-1).to(losses.dtype)
 
 
@@ -45,8 +113,8 @@ class LearnedWeighting:
     """A :class:`WeightNet` and its optimiser: :meth:`update` takes one step on the meta gradient u and
     returns the updated net's (unnormalised) weights for the real step."""
 
-    def __init__(self, hidden: int = 16, lr: float = 1e-3) -> None:
-        self.net = WeightNet(hidden)
+    def __init__(self, hidden: int = 16, lr: float = 1e-3, features: Sequence[str] = DEFAULT_FEATURES) -> None:
+        self.net = WeightNet(hidden, features)
         self.optimizer = torch.optim.Adam(self.net.parameters(), lr=lr)
         self._synced = False  # φ copied from rank 0 (distributed steps only)
 
