@@ -34,7 +34,7 @@ from omegaconf.nodes import BooleanNode, IntegerNode, StringNode
 from noisyseg.errors import ConfigError
 from noisyseg.inference.mc import MODES as MC_MODES
 from noisyseg.meta import FORWARD_MODE_BACKENDS, META_BACKENDS, NORMALIZE, ZERO_POLICIES
-from noisyseg.meta.weightnet import FEATURES
+from noisyseg.meta.weightnet import FEATURES, check_features
 from noisyseg.meta.weights import weighting_names
 from noisyseg.models.unet import DROPOUT_POSITIONS, INITS, NORMS
 from noisyseg.noise import NAMED_DICE
@@ -207,8 +207,13 @@ def _is_num(v: Any) -> bool:
 
 
 def _known_features(v: Any) -> bool:
-    names = list(v) if OmegaConf.is_list(v) or isinstance(v, list) else []
-    return bool(names) and len(set(names)) == len(names) and all(name in FEATURES for name in names)
+    if not (OmegaConf.is_list(v) or isinstance(v, list)):
+        return False
+    try:
+        check_features(list(v))
+    except ConfigError:
+        return False
+    return True
 
 
 def at_least(low: float, integer: bool = False, strict: bool = False, null: bool = False) -> Rule:

@@ -104,9 +104,15 @@ class WeightNet(nn.Module):
         nn.init.zeros_(self.net[2].bias)
 
     def forward(self, losses: Tensor, logits: Tensor, labels: Tensor) -> Tensor:
-        maps = [FEATURES.get(name)(losses, logits, labels) for name in self.features]
-        features = torch.stack(maps, dim=-1).detach()
-        return torch.sigmoid(self.net(features.to(self.net[0].weight.dtype))).squeeze(-1).to(losses.dtype)
+        return self.weigh(self.inputs(losses, logits, labels)).to(losses.dtype)
+
+    def inputs(self, losses: Tensor, logits: Tensor, labels: Tensor) -> Tensor:
+        """The feature maps stacked in a last dimension (detached): computed once per step, read twice."""
+        return torch.stack([FEATURES.get(name)(losses, logits, labels) for name in self.features], dim=-1).detach()
+
+    def weigh(self, inputs: Tensor) -> Tensor:
+        """Weights from :meth:`inputs`, in the net's dtype."""
+        return torch.sigmoid(self.net(inputs.to(self.net[0].weight.dtype))).squeeze(-1)
 
 
 class LearnedWeighting:
@@ -123,8 +129,11 @@ class LearnedWeighting:
         """∂L_c/∂φ = 1/N Σ_i u_i ∂w_i/∂φ, to first order in the virtual step (see the module docstring);
         with ``group``, over every rank's pixels."""
         self.net.to(u.device)
+        return self._meta_gradient(u, self.net.inputs(losses, logits, labels), group)
+
+    def _meta_gradient(self, u: Tensor, inputs: Tensor, group: object) -> list[Tensor]:
         with torch.enable_grad():
-            weights = self.net(losses, logits, labels)
+            weights = self.net.weigh(inputs).to(u.dtype)
             grads = torch.autograd.grad((u.detach() * weights).sum() / u.numel(), list(self.net.parameters()))
         return list(grads) if group is None else average_gradients(list(grads), u.numel(), group)
 
@@ -136,13 +145,15 @@ class LearnedWeighting:
             for param in self.net.parameters():
                 dist.broadcast(param.data, group=group, group_src=0)
             self._synced = True
-        grads = self.meta_gradient(u, losses, logits, labels, group)
+        self.net.to(u.device)
+        inputs = self.net.inputs(losses, logits, labels)
+        grads = self._meta_gradient(u, inputs, group)
         if bool(torch.isfinite(torch.cat([g.flatten() for g in grads])).all()):  # one host sync
             for param, grad in zip(self.net.parameters(), grads):
                 param.grad = grad
             self.optimizer.step()
         with torch.no_grad():
-            return self.net(losses, logits, labels)
+            return self.net.weigh(inputs).to(losses.dtype)
 
     def state_dict(self) -> dict:
         return {"net": self.net.state_dict(), "optimizer": self.optimizer.state_dict()}
