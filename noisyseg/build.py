@@ -36,6 +36,7 @@ from noisyseg.methods import METHODS, Method, build_method
 from noisyseg.models import build_model, check_contract
 from noisyseg.noise import MaskNoise, realised_dice, target_dice
 from noisyseg.optim import build_optimizer
+from noisyseg.schema import validate
 
 
 def node_kwargs(node: DictConfig, drop: tuple[str, ...] = ("name",)) -> dict[str, Any]:
@@ -200,3 +201,13 @@ def build_trainer(cfg: DictConfig, arrays: dict[str, dict[str, np.ndarray]], dev
     parts = build_model_parts(cfg, device, world)
     trainer = make_trainer(cfg, method, streams, parts, device, rank, world)
     return TrainingParts(method, streams, parts.net, parts.model, parts.optimizer, parts.scheduler, trainer)
+
+
+def build_run(cfg: DictConfig, run_dir: str | Path, device: torch.device | str = "cpu") -> TrainingParts:
+    """What ``python -m noisyseg.train`` builds before its first step, in its order (the config validated,
+    the seed set, the data and then the model built from it), for scripts that step a run themselves (the
+    probes, the cost benchmark): their runs match the command's step for step."""
+    validate(cfg)
+    torch.manual_seed(cfg.seed)  # as train(): splits and noise, then the model's initialisation
+    arrays, _ = build_data(cfg, run_dir, manifest=False)
+    return build_trainer(cfg, arrays, device)

@@ -13,7 +13,8 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from noisyseg.schema import register_schemas
+from noisyseg.errors import ConfigError
+from noisyseg.schema import check_command_line, register_schemas
 
 CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 
@@ -30,10 +31,21 @@ def register() -> None:
 
 
 def compose(*overrides: str, name: str = "train") -> DictConfig:
-    """``conf/<name>.yaml`` composed with ``overrides``, as the command line would (no run folder)."""
+    """``conf/<name>.yaml`` composed with ``overrides``, as the command line would (no run folder).
+
+    Raises:
+        ConfigError: an override names an unknown key (the message lists the valid ones), a missing group
+            option (Hydra's message lists the options), or is malformed. Values are not validated here:
+            :func:`noisyseg.schema.validate` does that, and every builder of a run calls it.
+    """
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
+    from hydra.errors import HydraException
 
     register()
-    with initialize_config_dir(CONFIG_DIR, version_base="1.3"):
-        return hydra_compose(name, overrides=list(overrides))
+    try:
+        with initialize_config_dir(CONFIG_DIR, version_base="1.3"):
+            return hydra_compose(name, overrides=list(overrides))
+    except HydraException as err:
+        check_command_line(CONFIG_DIR, name, list(overrides))  # raises the did-you-mean error for an unknown key
+        raise ConfigError(f"conf/{name}.yaml with {' '.join(overrides)}: {err}") from None

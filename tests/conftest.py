@@ -14,6 +14,17 @@ from noisyseg.config import register
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 
+@pytest.fixture(scope="session", autouse=True)
+def matplotlib_font_cache():
+    """matplotlib's first import on a machine lists the system fonts with ``fc-list`` (a subprocess) and
+    caches them; done here, before any test's subprocess guard, so that on a fresh machine the first plotting
+    test is not refused for starting one."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.font_manager  # noqa: F401
+
+
 @pytest.fixture(scope="module")
 def one_thread():
     """Tiny tensors gain nothing from threads, and on a busy machine idle-spinning OpenMP workers make

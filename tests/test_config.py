@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import inspect
+import re
 from pathlib import Path
 
 import pytest
@@ -18,6 +19,8 @@ from noisyseg.models import MODELS, build_model
 from noisyseg.noise import NOISE_MODELS
 from noisyseg.optim import OPTIMIZERS, build_optimizer
 from noisyseg.config import CONFIG_DIR
+from noisyseg.config import compose as noisyseg_compose
+from noisyseg.errors import ConfigError
 
 GROUPS = {"model": MODELS, "loss": LOSSES, "method": METHODS, "data": DATASETS}
 
@@ -96,6 +99,23 @@ def test_experiment_and_arm_configs_compose(name):
         assert cfg.label is None
     elif name.startswith("arm="):
         assert cfg.label == name[4:]
+
+
+@pytest.mark.parametrize("override, name", [("experiment=bench_quik", "train"), ("debug=fats", "train"),
+                                            ("active/arm=cael", "active_loop")])
+def test_a_mistyped_option_of_a_group_without_default_is_an_error_not_ignored(override, name):
+    """These groups default to no option; Hydra's ``optional`` would silently skip a mistyped one."""
+    group, option = override.split("=")
+    with pytest.raises(ConfigError, match=f"Could not find '{group}/{option}'(.|\n)*Available options"):
+        noisyseg_compose(override, name=name)
+
+
+@pytest.mark.parametrize("override, message", [("trainer.epoch=3", "did you mean trainer.epochs?"),
+                                               ("trainer.epochs=many", "conf/train.yaml with trainer.epochs=many"),
+                                               ("trainer.epochs=", "conf/train.yaml with trainer.epochs=")])
+def test_compose_raises_the_documented_error_naming_the_override(override, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        noisyseg_compose(override)
 
 
 # group -> (registry, root config, where the plug-in's options sit in the composed config). The noise

@@ -122,7 +122,7 @@ def test_the_mix_severe_point_moves_kind_and_level_together():
 def test_cost_times_each_arm_as_its_training_run_builds_it(tmp_path, capsys):
     cost = load("cost")
     tiny = ["debug=fast", "data.params.count=60", "trainer.batch_size=2"]
-    allclean = cost.trainer_for("bench_quick", "meta_allclean", 2, tiny, str(tmp_path))
+    allclean = cost.trainer_for(cost.arm_config("bench_quick", "meta_allclean", tiny), 2, str(tmp_path))
     assert allclean.steps_per_epoch == 2
     assert allclean.method.batch_sizes(2)["clean"] == len(allclean.streams["clean"])  # the whole expert set
     cost.main(["bench_quick", "--arms", "balanced,meta_sign", "--steps", "1", "--repeats", "1", "--warmup", "0",
@@ -134,8 +134,10 @@ def test_cost_times_each_arm_as_its_training_run_builds_it(tmp_path, capsys):
 
 def test_cost_names_an_unknown_arm_or_preset(capsys):
     cost = load("cost")
-    for argv, named in ((["bench_quick", "--arms", "balanced,nosuch"], "unknown arm nosuch"),
-                        (["no_preset", "--arms", "balanced"], "unknown experiment no_preset")):
+    for argv, named in ((["bench_quick", "--arms", "balanced,nosuch"], "Could not find 'arm/nosuch'"),
+                        (["no_preset", "--arms", "balanced"], "Could not find 'experiment/no_preset'"),
+                        (["bench_quick", "--arms", "balanced", "--set", "trainer.epoch=3"], "did you mean trainer.epochs?"),
+                        (["bench_quick", "--arms", "balanced", "--set", "optim.lr=-1"], "optim.lr=-1 is invalid")):
         with pytest.raises(SystemExit) as exit_:
             cost.main(argv)
         assert exit_.value.code == 2 and named in capsys.readouterr().err

@@ -33,3 +33,9 @@ def test_plateau_probe_records_every_step_without_changing_the_training(tmp_path
         assert 0 <= row["lesion_share"] <= 1 and 0 <= row["zero"] <= 1
         assert 0 <= row["lesion_mass"] <= 1 or row["lesion_mass"] != row["lesion_mass"]  # nan: all weights 0
         assert -1 <= row["clean_bias"] <= 1 and 0 < row["noisy_prob"] < 1
+
+
+def test_plateau_probe_names_a_bad_override_without_a_traceback(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        load("plateau_probe").main(["--out", str(tmp_path), "arm=meta", "trainer.epoch=3"])
+    assert exit_.value.code == 2 and "did you mean trainer.epochs?" in capsys.readouterr().err

@@ -13,6 +13,7 @@ import torch
 from conftest import raise_at_epoch
 from hydra import compose, initialize_config_dir
 
+from noisyseg.build import build_run
 from noisyseg.data import build_source
 from noisyseg.errors import ConfigError, DataError
 from noisyseg.metrics import METRIC_KEYS
@@ -89,6 +90,19 @@ def test_resume_equals_uninterrupted(tmp_path, monkeypatch):
     a = torch.load(tmp_path / "straight" / "last.pt", weights_only=True)["model"]
     b = torch.load(tmp_path / "resumed" / "last.pt", weights_only=True)["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_build_run_starts_where_train_starts(tmp_path):
+    """Scripts that step a run themselves (the probes, the cost benchmark) get train()'s run, step for step."""
+    cfg = config("trainer.epochs=1", "model.dropout=0.3")
+    train(cfg, tmp_path / "trained")
+    parts = build_run(cfg, tmp_path / "built")
+    parts.trainer.train_epoch(0)
+    trained = torch.load(tmp_path / "trained" / "last.pt", weights_only=True)["model"]
+    assert all(torch.equal(trained[k], v) for k, v in parts.net.state_dict().items())
+    with pytest.raises(ConfigError, match="trainer.epochs >= 1"):
+        build_run(config("trainer.epochs=0"), tmp_path / "invalid")  # validated before any data is built
+    assert not (tmp_path / "invalid").exists()
 
 
 def test_resume_with_different_config_is_refused(tmp_path):

@@ -17,21 +17,25 @@ import random
 import statistics
 import time
 import warnings
-from pathlib import Path
 
 import torch
+from omegaconf import DictConfig
 
-from noisyseg.build import build_data, build_trainer
-from noisyseg.config import CONFIG_DIR, compose
+from noisyseg.build import build_run
+from noisyseg.config import compose
 from noisyseg.device import resolve_device, synchronize
+from noisyseg.engine import Trainer
+from noisyseg.errors import NoisysegError
 
 
-def trainer_for(preset: str, arm: str, steps: int, extra: list[str], run_dir: str):
-    """The arm's trainer, built as the training run builds it, doing ``steps`` steps per ``train_epoch``."""
-    cfg = compose(f"experiment={preset}", f"arm={arm}", "trainer.progress=false", *extra)
-    torch.manual_seed(cfg.seed)
-    arrays, _ = build_data(cfg, run_dir, manifest=False)
-    trainer = build_trainer(cfg, arrays, resolve_device(cfg.device)).trainer
+def arm_config(preset: str, arm: str, extra: list[str]) -> DictConfig:
+    """The config of ``python -m noisyseg.train experiment=<preset> arm=<arm> <extra>``."""
+    return compose(f"experiment={preset}", f"arm={arm}", "trainer.progress=false", *extra)
+
+
+def trainer_for(cfg: DictConfig, steps: int, run_dir: str) -> Trainer:
+    """The run's trainer, built as the training run builds it, doing ``steps`` steps per ``train_epoch``."""
+    trainer = build_run(cfg, run_dir, resolve_device(cfg.device)).trainer
     trainer.steps_per_epoch = steps
     return trainer
 
@@ -50,11 +54,11 @@ def main(argv: list[str] | None = None) -> None:
     warnings.filterwarnings("ignore", category=DeprecationWarning)
     torch.set_num_threads(args.threads)
     arms = args.arms.split(",")
-    for group, names in (("experiment", [args.preset]), ("arm", arms)):
-        known = sorted(f.stem for f in Path(CONFIG_DIR, group).glob("*.yaml"))
-        if unknown := [n for n in names if n not in known]:
-            p.error(f"unknown {group} {', '.join(unknown)} (conf/{group}/): choose from {', '.join(known)}")
-    trainers = {arm: trainer_for(args.preset, arm, args.steps, args.set, args.run_dir) for arm in arms}
+    try:  # every arm composed before any data is built: an unknown preset, arm or key fails at once
+        configs = {arm: arm_config(args.preset, arm, args.set) for arm in arms}
+        trainers = {arm: trainer_for(cfg, args.steps, args.run_dir) for arm, cfg in configs.items()}
+    except NoisysegError as err:  # named, without a traceback
+        p.error(str(err))
     cpu: dict[str, list[float]] = {arm: [] for arm in arms}
     wall: dict[str, list[float]] = {arm: [] for arm in arms}
     for r in range(args.warmup + args.repeats):

@@ -30,9 +30,10 @@ from pathlib import Path
 
 import torch
 
-from noisyseg.build import build_data, build_trainer
+from noisyseg.build import build_run
 from noisyseg.config import compose
 from noisyseg.engine import Trainer
+from noisyseg.errors import NoisysegError
 
 
 def record(method, rows: list[dict]) -> None:
@@ -62,10 +63,7 @@ def record(method, rows: list[dict]) -> None:
 
 def build(overrides: list[str], run_dir: Path) -> Trainer:
     """The trainer of ``python -m noisyseg.train experiment=meta_paper arm=meta <overrides>``, on the CPU."""
-    cfg = compose("experiment=meta_paper", "arm=meta", *overrides)
-    torch.manual_seed(cfg.seed)  # as noisyseg.train: splits and noise, then the model's initialisation
-    arrays, _ = build_data(cfg, run_dir, manifest=False)
-    return build_trainer(cfg, arrays, "cpu").trainer
+    return build_run(compose("experiment=meta_paper", "arm=meta", *overrides), run_dir, "cpu").trainer
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -77,7 +75,10 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     warnings.filterwarnings("ignore", category=DeprecationWarning)
     args.out.mkdir(parents=True, exist_ok=True)
-    trainer, rows = build(args.overrides, args.out), []
+    try:
+        trainer, rows = build(args.overrides, args.out), []
+    except NoisysegError as err:  # a mistyped override or a bad value: named, no traceback
+        parser.error(str(err))
     record(trainer.method, rows)
     per_epoch = trainer.steps_per_epoch
     for epoch in range(-(-args.steps // per_epoch)):
