@@ -141,3 +141,36 @@ def test_cost_names_an_unknown_arm_or_preset(capsys):
         with pytest.raises(SystemExit) as exit_:
             cost.main(argv)
         assert exit_.value.code == 2 and named in capsys.readouterr().err
+
+
+def test_a_new_machine_extends_the_tables_instead_of_emptying_them(tmp_path, capsys):
+    """Run folders are not in git: the previous summary.csv's cells stay where the runs here hold fewer seeds."""
+    import shutil
+
+    for seed in range(3):
+        for label, test in (("clean", 0.70), ("balanced", 0.80), ("oracle", 0.90), ("meta", 0.85)):
+            fabricate(tmp_path, label, seed, test, test)
+        fabricate(tmp_path, "balanced", seed, 0.72, 0.72, target="severe")
+    aggregate.main([str(tmp_path)])
+    memorisation = (tmp_path / "memorisation.png").read_bytes()
+    shutil.rmtree(tmp_path / "runs")  # another machine: only the committed summary is left
+    for seed in range(3):
+        fabricate(tmp_path, "meta", seed, 0.81, 0.81, target="severe")  # a new cell
+    fabricate(tmp_path, "balanced", 0, 0.60, 0.60, target="severe")      # one seed of a cell that had three
+    capsys.readouterr()
+    aggregate.main([str(tmp_path)])
+    assert "memorisation.png and weight_ratio.png kept" in capsys.readouterr().out
+    assert (tmp_path / "memorisation.png").read_bytes() == memorisation
+    rows = {(r["arm"], r["regime"]): r for r in csv.DictReader(open(tmp_path / "summary.csv"))}
+    assert rows["meta", "default"]["source"] == "earlier" and rows["meta", "target=severe"]["source"] == "runs"
+    assert float(rows["balanced", "target=severe"]["test_dice_mean"]) == pytest.approx(0.72)  # 3 earlier seeds > 1 here
+    assert rows["oracle", "target=severe"]["source"] == "shared"
+    assert float(rows["meta", "target=severe"]["gap_closed"]) == pytest.approx((0.81 - 0.72) / (0.90 - 0.72))
+    table = (tmp_path / "summary.md").read_text()
+    assert "| default (0.78) | 0.700 ± 0.000 † | 0.800 ± 0.000 † | 0.850 ± 0.000 (+50 %) † | 0.900 ± 0.000 † |" in table
+    assert "† kept from an earlier aggregation's summary.csv (their runs are not in runs/): balanced, clean, meta, oracle." in table
+    aggregate.main([str(tmp_path)])  # idempotent: the shared and kept cells are read back as they were
+    assert {(r["arm"], r["regime"]): r for r in csv.DictReader(open(tmp_path / "summary.csv"))} == rows
+    aggregate.main([str(tmp_path), "--fresh"])  # the runs alone: one seed of balanced, no oracle, no gap shares
+    rows = {(r["arm"], r["regime"]): r for r in csv.DictReader(open(tmp_path / "summary.csv"))}
+    assert set(rows) == {("balanced", "default"), ("meta", "default")} and rows["balanced", "default"]["n"] == "1"

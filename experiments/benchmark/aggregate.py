@@ -12,6 +12,11 @@ the ``oracle`` that the arm closes. The recommended recipe is the non-oracle arm
 *validation* Dice over all regimes, ``meta_best`` the best meta variant (never the test Dice; :func:`choose`). Writes ``summary.csv``, ``summary.md``,
 ``dice_by_regime.png``, ``memorisation.png`` and ``weight_ratio.png`` (the meta arms' wrong:right weight
 ratio during training) next to ``runs/``.
+
+Run folders are not kept in git and a later session may be on another machine, so the cells of the
+previous ``summary.csv`` are kept (marked †) wherever the runs here hold fewer seeds than they did:
+adding an arm or a regime on a new machine extends the tables instead of emptying them (``--fresh``
+starts from the runs alone).
 """
 from __future__ import annotations
 
@@ -35,6 +40,7 @@ CONTROLS, ORACLE, NOISE_FREE = ("clean", "balanced"), "oracle", ("clean", "oracl
 # ablations that isolate one factor of a recipe (docs/benchmark.md): shown in the tables, never chosen
 ABLATIONS = ("balanced_w05", "balanced_full", "balanced_down", "meta_mwn_mean_frozen")
 AXES = ("kind", "target", "fraction", "missing", "experts")
+STATISTICS = ("realised_dice", "test_dice_mean", "test_dice_std", "val_dice_mean", "val_dice_std")
 
 
 def collect(root: Path) -> list[dict]:
@@ -60,9 +66,14 @@ def regime(row: dict) -> tuple:
     return tuple(row[a] for a in AXES)
 
 
-def default_regime(rows: list[dict]) -> tuple:
-    """The preset's default: per axis, the value most runs share (every slice moves one axis only)."""
-    return tuple(Counter(row[a] for row in rows).most_common(1)[0][0] for a in AXES)
+def default_regime(cells: list[dict]) -> tuple:
+    """The preset's default: per axis, the value most runs share (every slice moves one axis only).
+    ``cells``: runs, or cells of ``n`` runs each."""
+    counts = [Counter() for _ in AXES]
+    for cell in cells:
+        for count, axis in zip(counts, AXES):
+            count[cell[axis]] += cell.get("n", 1)
+    return tuple(count.most_common(1)[0][0] for count in counts)
 
 
 def regime_name(value: tuple, default: tuple) -> str:
@@ -70,49 +81,83 @@ def regime_name(value: tuple, default: tuple) -> str:
     return ", ".join(differ) or "default"
 
 
-def cells(rows: list[dict]) -> dict[tuple[str, tuple], list[dict]]:
-    """(arm, regime) -> runs; the noise-free arms are copied to every regime with their expert count."""
-    by_cell: dict[tuple[str, tuple], list[dict]] = defaultdict(list)
-    for row in rows:
-        by_cell[row["label"], regime(row)].append(row)
-    default = default_regime(rows)
-    for value in {regime(r) for r in rows}:
-        for arm in NOISE_FREE:
-            if (arm, value) not in by_cell:
-                base = (*default[:-1], value[-1])  # the default noise, this many experts
-                if (arm, base) in by_cell:
-                    by_cell[arm, value] = by_cell[arm, base]
-    return by_cell
-
-
 def stats(runs: list[dict], key: str) -> tuple[float, float]:
     values = np.array([r[key] for r in runs])
     return float(values.mean()), float(values.std(ddof=1)) if len(values) > 1 else 0.0
 
 
-def summarise(rows: list[dict]) -> tuple[list[dict], list[tuple], list[str], str]:
+def measured_cells(rows: list[dict]) -> dict[tuple[str, tuple], dict]:
+    """(arm, regime) -> the cell's statistics over its runs here."""
+    by_cell: dict[tuple[str, tuple], list[dict]] = defaultdict(list)
+    for row in rows:
+        by_cell[row["label"], regime(row)].append(row)
+    cells = {}
+    for (arm, value), runs in by_cell.items():
+        (test, test_std), (val, val_std) = stats(runs, "test_dice"), stats(runs, "val_dice")
+        cells[arm, value] = {"arm": arm, **dict(zip(AXES, value)), "n": len(runs),
+                             "realised_dice": float(np.mean([r["realised_dice"] for r in runs])),
+                             "test_dice_mean": test, "test_dice_std": test_std, "val_dice_mean": val,
+                             "val_dice_std": val_std, "source": "runs"}
+    return cells
+
+
+def earlier_cells(path: Path) -> dict[tuple[str, tuple], dict]:
+    """(arm, regime) -> the cell as an earlier aggregation wrote it to ``summary.csv`` (its runs may be on
+    another machine), less the noise-free cells it shared from another regime."""
+    if not path.exists():
+        return {}
+    cells, seen = {}, set()
+    with open(path, newline="") as f:
+        for r in csv.DictReader(f):
+            value = (r["kind"], r["target"], float(r["fraction"]), float(r["missing"]), int(r["experts"]))
+            numbers = tuple(float(r[k]) for k in STATISTICS)
+            # a shared cell repeats its source's numbers (written without a source column before there was one)
+            if r.get("source") == "shared" or (r["arm"] in NOISE_FREE and (r["arm"], value[-1], numbers) in seen):
+                continue
+            seen.add((r["arm"], value[-1], numbers))
+            cells[r["arm"], value] = {"arm": r["arm"], **dict(zip(AXES, value)), "n": int(r["n"]),
+                                      **dict(zip(STATISTICS, numbers)), "source": "earlier"}
+    return cells
+
+
+def merge(measured: dict, earlier: dict) -> dict[tuple[str, tuple], dict]:
+    """The cells measured here, and an earlier aggregation's where the runs here hold fewer seeds (none:
+    they ran on another machine); then the noise-free arms shared to every noise slice with their expert
+    count, from the default noise."""
+    cells = dict(measured)
+    for key, cell in earlier.items():
+        if cell["n"] > cells.get(key, {"n": 0})["n"]:
+            cells[key] = cell
+    default = default_regime(list(cells.values()))
+    for value in {regime(c) for c in cells.values()}:
+        for arm in NOISE_FREE:
+            base = (*default[:-1], value[-1])  # the default noise, this many experts
+            if (arm, value) not in cells and (arm, base) in cells:
+                cells[arm, value] = {**cells[arm, base], **dict(zip(AXES, value)), "source": "shared"}
+    return cells
+
+
+def summarise(cells: dict[tuple[str, tuple], dict]) -> tuple[list[dict], list[tuple], list[str], dict, tuple]:
     """Summary entries (arm, regime, n, test/val Dice mean ± std, gap closed), the regimes in order
-    (default first), the arms in order, and the recipes chosen on validation (:func:`choose`)."""
-    by_cell, default = cells(rows), default_regime(rows)
-    regimes = sorted({v for _, v in by_cell}, key=lambda v: (v != default, regime_name(v, default)))
-    arms = ordered((a for a, _ in by_cell), ORDER)
+    (default first), the arms in order, the recipes chosen on validation (:func:`choose`) and the default."""
+    default = default_regime([c for c in cells.values() if c["source"] != "shared"])
+    regimes = sorted({v for _, v in cells}, key=lambda v: (v != default, regime_name(v, default)))
+    arms = ordered((a for a, _ in cells), ORDER)
     summary = []
     for value in regimes:
-        means = {a: stats(by_cell[a, value], "test_dice")[0] for a in arms if (a, value) in by_cell}
+        means = {a: cells[a, value]["test_dice_mean"] for a in arms if (a, value) in cells}
         better = max((means[c] for c in CONTROLS if c in means), default=None)
         room = means[ORACLE] - better if better is not None and ORACLE in means else None
         for arm in arms:
-            runs = by_cell.get((arm, value))
-            if not runs:
+            if (arm, value) not in cells:
                 continue
-            (test, test_std), (val, val_std) = stats(runs, "test_dice"), stats(runs, "val_dice")
+            cell = cells[arm, value]
             summary.append({
-                "arm": arm, "regime": regime_name(value, default), **dict(zip(AXES, value)), "n": len(runs),
-                "realised_dice": float(np.mean([r["realised_dice"] for r in runs])),
-                "test_dice_mean": test, "test_dice_std": test_std, "val_dice_mean": val, "val_dice_std": val_std,
-                "gap_closed": (test - better) / room if room and room > 0 else None,
+                "arm": arm, "regime": regime_name(value, default), **dict(zip(AXES, value)), "n": cell["n"],
+                **{k: cell[k] for k in STATISTICS}, "source": cell["source"],
+                "gap_closed": (cell["test_dice_mean"] - better) / room if room and room > 0 else None,
             })
-    return summary, regimes, arms, choose(summary, arms)
+    return summary, regimes, arms, choose(summary, arms), default
 
 
 def candidates(summary: list[dict], arms: list[str]) -> list[str]:
@@ -143,7 +188,10 @@ def _cell(s: dict | None, arm: str) -> str:
     if s is None:
         return "–"
     gap = "" if s["gap_closed"] is None or arm in REFERENCES else f" ({100 * s['gap_closed']:+.0f} %)"
-    return f"{s['test_dice_mean']:.3f} ± {s['test_dice_std']:.3f}{gap}"
+    return f"{s['test_dice_mean']:.3f} ± {s['test_dice_std']:.3f}{gap}{EARLIER if s['source'] == 'earlier' else ''}"
+
+
+EARLIER = " †"  # marks a cell kept from an earlier aggregation
 
 
 def markdown(summary: list[dict], regimes: list[tuple], arms: list[str], chosen: dict[str, str], default: tuple) -> str:
@@ -160,7 +208,13 @@ def markdown(summary: list[dict], regimes: list[tuple], arms: list[str], chosen:
             "better control (clean, balanced) and the oracle that the arm closes. Default regime: "
             f"{d['kind']} noise at {d['target']}, fraction {d['fraction']:g}, missing {d['missing']:g}, {d['experts']} "
             f"expert images. Chosen on validation Dice (mean over regimes): recommended **{chosen['recommended']}**, "
-            f"meta_best **{chosen['meta_best']}**.\n")
+            f"meta_best **{chosen['meta_best']}**.{_earlier_note(summary)}\n")
+
+
+def _earlier_note(summary: list[dict]) -> str:
+    kept = sorted({s["arm"] for s in summary if s["source"] == "earlier"})
+    return (f"{EARLIER.strip()} kept from an earlier aggregation's summary.csv (their runs are not in runs/): "
+            f"{', '.join(kept)}." if kept else "")
 
 
 def markdown_by_arm(summary: list[dict], regimes: list[tuple], arms: list[str], default: tuple) -> str:
@@ -275,15 +329,21 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("root", help="the benchmark folder (holding runs/)")
     parser.add_argument("--arms", help="comma-separated: print the table with these arms only (the files keep every arm)")
     parser.add_argument("--by-arm", action="store_true", help="print an arm per row and a regime per column")
+    parser.add_argument("--fresh", action="store_true",
+                        help="ignore summary.csv's earlier cells (by default kept where the runs here hold fewer seeds)")
     args = parser.parse_args(argv)
     root, rows = read_sweep([args.root], __doc__.splitlines()[0], collect)
-    summary, regimes, arms, chosen = summarise(rows)
-    default = default_regime(rows)
+    earlier = {} if args.fresh else earlier_cells(root / "summary.csv")
+    summary, regimes, arms, chosen, default = summarise(merge(measured_cells(rows), earlier))
     write_csv(root / "summary.csv", summary)
     (root / "summary.md").write_text(markdown(summary, regimes, arms, chosen, default))
     plot_regimes(summary, regimes, arms, default, root / "dice_by_regime.png")
-    plot_memorisation(rows, default, root / "memorisation.png")
-    plot_weight_ratio(rows, default, root / "weight_ratio.png")
+    if any(s["source"] == "earlier" and s["regime"] == "default" for s in summary):
+        # the curves are in the runs' metrics.csv: redrawn without some arms they would lose them
+        print(f"memorisation.png and weight_ratio.png kept: some default-regime cells' runs are not in {root / 'runs'}")
+    else:
+        plot_memorisation(rows, default, root / "memorisation.png")
+        plot_weight_ratio(rows, default, root / "weight_ratio.png")
     shown = [a for a in args.arms.split(",") if a in arms] if args.arms else arms
     print(markdown_by_arm(summary, regimes, shown, default) if args.by_arm else markdown(summary, regimes, shown, chosen, default))
 
