@@ -16,7 +16,7 @@ from noisyseg.errors import ConfigError
 from noisyseg.losses import PixelLoss
 from noisyseg.meta import MetaReweightedLoss
 from noisyseg.meta.memory import WeightMemory
-from noisyseg.meta.weightnet import DEFAULT_FEATURES
+from noisyseg.meta.weightnet import BOUNDARY_REACH, DEFAULT_FEATURES
 from noisyseg.registry import Registry
 
 METHODS: Registry = Registry("method")
@@ -221,7 +221,7 @@ class MetaReweighted(Method):
                  clean_loss_weight: float = 0.0, params: list[str] | None = None, clean_every: int = 1,
                  weighting: str = "l2rw", center_step: float = 0.5, weight_net_hidden: int = 16,
                  weight_net_lr: float = 1e-3, weight_net_features: Sequence[str] = DEFAULT_FEATURES,
-                 bootstrap: float = 0.0, memory: float | None = None,
+                 weight_net_boundary_reach: float = BOUNDARY_REACH, bootstrap: float = 0.0, memory: float | None = None,
                  memory_freeze_after: int | None = None, correct: bool = False, correct_tau: float = 0.7,
                  correct_r: float = 0.9, steps_per_epoch: int = 50) -> None:
         super().__init__(loss)
@@ -240,7 +240,8 @@ class MetaReweighted(Method):
         self.meta_loss = MetaReweightedLoss(loss.per_pixel, lr or 0.0, backend, normalize, zero_policy, params=params,
                                             clean_every=clean_every, weighting=weighting, center_step=center_step,
                                             weight_net_hidden=weight_net_hidden, weight_net_lr=weight_net_lr,
-                                            weight_net_features=weight_net_features)
+                                            weight_net_features=weight_net_features,
+                                            weight_net_boundary_reach=weight_net_boundary_reach)
         self.last: dict[str, torch.Tensor] = {}
         self.clean_images = self.noisy_images = 0
 

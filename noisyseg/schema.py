@@ -137,6 +137,7 @@ class MetaConfig:
     weight_net_hidden: int = MISSING
     weight_net_lr: float = MISSING
     weight_net_features: List[str] = MISSING
+    weight_net_boundary_reach: float = MISSING
     bootstrap: float = MISSING
     memory: Optional[float] = MISSING
     memory_freeze_after: Optional[int] = MISSING
@@ -279,6 +280,7 @@ RULES: dict[str, Rule] = {
     "meta.center_step": at_least(0, strict=True),
     "meta.weight_net_hidden": at_least(1, integer=True),
     "meta.weight_net_lr": at_least(0, strict=True),
+    "meta.weight_net_boundary_reach": Rule(lambda v: _is_num(v) and 0 < v <= 1, "in (0, 1]"),
     "meta.weight_net_features": Rule(_known_features, f"distinct names from {', '.join(FEATURES.names())}"),
     "meta.bootstrap": at_least(0),
     "meta.memory": Rule(lambda v: v is None or (_is_num(v) and 0 <= v < 1), "null or in [0, 1)"),

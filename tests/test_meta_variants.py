@@ -136,6 +136,19 @@ def test_boundary_feature_is_zero_at_the_outline_and_saturates_inside_and_out():
         WeightNet(features=("loss", "loss"))
 
 
+def test_boundary_reach_is_an_option_from_the_method_down_to_the_feature():
+    labels = torch.zeros(1, 1, 40, 40)
+    labels[..., 10:30, 10:30] = 1
+    wide = boundary_feature(labels, labels, labels, reach=0.25)  # 10 px
+    assert wide[0, 0, 12, 20] == pytest.approx(2 / 10) and wide[0, 0, 15, 20] == pytest.approx(5 / 10)
+    method = build_method("meta", BCELoss(), weighting="mwn", weight_net_features=["label", "boundary"],
+                          weight_net_boundary_reach=0.25)
+    inputs = method.meta_loss.learned.net.inputs(labels, labels, labels)
+    torch.testing.assert_close(inputs[..., 1], wide)
+    with pytest.raises(ConfigError, match="reach 0 must be a share of the image side in"):
+        WeightNet(features=("boundary",), boundary_reach=0)
+
+
 def test_learned_weighting_trains_resumes_and_refuses_the_stateless_api():
     model, (noisy, clean) = tiny_unet(torch.float32, dropout=0.0), batches(torch.float32)
     method = build_method("meta", BCELoss(), weighting="mwn", weight_net_lr=0.05,

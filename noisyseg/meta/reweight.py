@@ -12,7 +12,7 @@ from noisyseg.distributed import GroupArg, resolve_group, unwrap, world_size
 from noisyseg.errors import ConfigError
 from noisyseg.meta.backends import FORWARD_MODE_BACKENDS, META_BACKENDS
 from noisyseg.meta.problem import Batch, LossFn, MetaInputError, _check_map, _draw_seeds, _MetaGrad, _Problem, _seeded
-from noisyseg.meta.weightnet import DEFAULT_FEATURES, LearnedWeighting
+from noisyseg.meta.weightnet import BOUNDARY_REACH, DEFAULT_FEATURES, LearnedWeighting
 from noisyseg.meta.weights import LEARNED, NORMALIZE, Pixels, _weights, needs_slope, slope, weighting_names
 
 ZERO_POLICIES = ("skip", "uniform")
@@ -143,7 +143,8 @@ class MetaReweightedLoss:
         weighting, center_step: as in :func:`pixel_weights`; also ``"mwn"``, a weighting network
             (:mod:`noisyseg.meta.weightnet`) trained by the meta gradient, with ``weight_net_hidden``
             units, the per-pixel inputs ``weight_net_features`` (names in
-            :data:`noisyseg.meta.weightnet.FEATURES`) and Adam at ``weight_net_lr``.
+            :data:`noisyseg.meta.weightnet.FEATURES`; ``weight_net_boundary_reach``: where the ``boundary``
+            distance saturates, a share of the image side) and Adam at ``weight_net_lr``.
         clean_every: 1 (exact) or k > 1: the clean gradient g is computed on every k-th call and reused
             by the calls in between (a cheaper approximation: g is up to k − 1 updates old; the clean
             batches of those calls go unused). Forward-mode backends only.
@@ -158,7 +159,8 @@ class MetaReweightedLoss:
                  zero_policy: str = "skip", process_group: GroupArg = None,
                  params: Optional[Sequence[str]] = None, clean_every: int = 1, weighting: str = "l2rw",
                  center_step: float = 0.5, weight_net_hidden: int = 16, weight_net_lr: float = 1e-3,
-                 weight_net_features: Sequence[str] = DEFAULT_FEATURES) -> None:
+                 weight_net_features: Sequence[str] = DEFAULT_FEATURES,
+                 weight_net_boundary_reach: float = BOUNDARY_REACH) -> None:
         META_BACKENDS.get(backend)
         _check_options(normalize, weighting)
         if not (isinstance(clean_every, int) and clean_every >= 1):
@@ -174,7 +176,7 @@ class MetaReweightedLoss:
         self.normalize, self.zero_policy, self.process_group = normalize, zero_policy, process_group
         self.params, self.clean_every = params, clean_every
         self.weighting, self.center_step = weighting, center_step
-        self.learned = (LearnedWeighting(weight_net_hidden, weight_net_lr, weight_net_features)
+        self.learned = (LearnedWeighting(weight_net_hidden, weight_net_lr, weight_net_features, weight_net_boundary_reach)
                         if weighting == LEARNED else None)
         self.counts = {"ok": 0, "all_zero": 0, "non_finite": 0}
         self.calls, self.clean_gradient = 0, None  # the reused g of clean_every > 1 (state_dict keeps both)

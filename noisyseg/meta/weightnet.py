@@ -30,7 +30,7 @@ from noisyseg.distributed import average_gradients
 from noisyseg.errors import ConfigError
 from noisyseg.registry import Registry
 
-Feature = Callable[[Tensor, Tensor, Tensor], Tensor]  # (losses, logits, labels) -> a map shaped like losses
+Feature = Callable[..., Tensor]  # (losses, logits, labels, **its options) -> a map shaped like losses
 FEATURES: Registry[Feature] = Registry("weighting-network feature")
 DEFAULT_FEATURES = ("loss", "probability", "label")
 BOUNDARY_REACH = 0.125  # the boundary feature saturates this far from the outline (a share of the shorter side)
@@ -41,10 +41,10 @@ FEATURES.register("label")(lambda losses, logits, labels: labels)
 
 
 @FEATURES.register("boundary")
-def boundary_feature(losses: Tensor, logits: Tensor, labels: Tensor) -> Tensor:
-    """Distance to the noisy mask's outline, 0 next to it and 1 at :data:`BOUNDARY_REACH` of the shorter
-    side or farther: a hurried or loose outline is wrong near the outline, rarely far from it."""
-    reach = max(1, round(BOUNDARY_REACH * min(labels.shape[-2:])))
+def boundary_feature(losses: Tensor, logits: Tensor, labels: Tensor, reach: float = BOUNDARY_REACH) -> Tensor:
+    """Distance to the noisy mask's outline, 0 next to it and 1 at ``reach`` (a share of the shorter side)
+    or farther: a hurried or loose outline is wrong near the outline, rarely far from it."""
+    reach = max(1, round(reach * min(labels.shape[-2:])))
     return outline_distance(labels, reach).to(losses.dtype) / reach
 
 
@@ -96,9 +96,13 @@ def check_features(features: Sequence[str]) -> tuple[str, ...]:
 class WeightNet(nn.Module):
     """Per-pixel features (by default loss, σ(z), label) -> weight in (0, 1); applied to maps of any shape."""
 
-    def __init__(self, hidden: int = 16, features: Sequence[str] = DEFAULT_FEATURES) -> None:
+    def __init__(self, hidden: int = 16, features: Sequence[str] = DEFAULT_FEATURES,
+                 boundary_reach: float = BOUNDARY_REACH) -> None:
         super().__init__()
         self.features = check_features(features)
+        if not 0 < boundary_reach <= 1:
+            raise ConfigError(f"the boundary feature's reach {boundary_reach} must be a share of the image side in (0, 1]")
+        self.options = {"boundary": {"reach": boundary_reach}}  # per feature: its keyword arguments
         self.net = nn.Sequential(nn.Linear(len(self.features), hidden), nn.ReLU(), nn.Linear(hidden, 1))
         nn.init.zeros_(self.net[2].weight)  # start at w = 0.5 everywhere: uniform weights
         nn.init.zeros_(self.net[2].bias)
@@ -108,7 +112,8 @@ class WeightNet(nn.Module):
 
     def inputs(self, losses: Tensor, logits: Tensor, labels: Tensor) -> Tensor:
         """The feature maps stacked in a last dimension (detached): computed once per step, read twice."""
-        return torch.stack([FEATURES.get(name)(losses, logits, labels) for name in self.features], dim=-1).detach()
+        maps = [FEATURES.get(name)(losses, logits, labels, **self.options.get(name, {})) for name in self.features]
+        return torch.stack(maps, dim=-1).detach()
 
     def weigh(self, inputs: Tensor) -> Tensor:
         """Weights from :meth:`inputs`, in the net's dtype."""
@@ -119,8 +124,9 @@ class LearnedWeighting:
     """A :class:`WeightNet` and its optimiser: :meth:`update` takes one step on the meta gradient u and
     returns the updated net's (unnormalised) weights for the real step."""
 
-    def __init__(self, hidden: int = 16, lr: float = 1e-3, features: Sequence[str] = DEFAULT_FEATURES) -> None:
-        self.net = WeightNet(hidden, features)
+    def __init__(self, hidden: int = 16, lr: float = 1e-3, features: Sequence[str] = DEFAULT_FEATURES,
+                 boundary_reach: float = BOUNDARY_REACH) -> None:
+        self.net = WeightNet(hidden, features, boundary_reach)
         self.optimizer = torch.optim.Adam(self.net.parameters(), lr=lr)
         self._synced = False  # φ copied from rank 0 (distributed steps only)
 
