@@ -164,7 +164,7 @@ def test_a_new_machine_extends_the_tables_instead_of_emptying_them(tmp_path, cap
     rows = {(r["arm"], r["regime"]): r for r in csv.DictReader(open(tmp_path / "summary.csv"))}
     assert rows["meta", "default"]["source"] == "earlier" and rows["meta", "target=severe"]["source"] == "runs"
     assert float(rows["balanced", "target=severe"]["test_dice_mean"]) == pytest.approx(0.72)  # 3 earlier seeds > 1 here
-    assert rows["oracle", "target=severe"]["source"] == "shared"
+    assert rows["oracle", "target=severe"]["shared"] == "True" and rows["oracle", "target=severe"]["source"] == "earlier"
     assert float(rows["meta", "target=severe"]["gap_closed"]) == pytest.approx((0.81 - 0.72) / (0.90 - 0.72))
     table = (tmp_path / "summary.md").read_text()
     assert "| default (0.78) | 0.700 ± 0.000 † | 0.800 ± 0.000 † | 0.850 ± 0.000 (+50 %) † | 0.900 ± 0.000 † |" in table

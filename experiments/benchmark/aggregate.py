@@ -97,7 +97,7 @@ def measured_cells(rows: list[dict]) -> dict[tuple[str, tuple], dict]:
         cells[arm, value] = {"arm": arm, **dict(zip(AXES, value)), "n": len(runs),
                              "realised_dice": float(np.mean([r["realised_dice"] for r in runs])),
                              "test_dice_mean": test, "test_dice_std": test_std, "val_dice_mean": val,
-                             "val_dice_std": val_std, "source": "runs"}
+                             "val_dice_std": val_std, "source": "runs", "shared": False}
     return cells
 
 
@@ -111,12 +111,12 @@ def earlier_cells(path: Path) -> dict[tuple[str, tuple], dict]:
         for r in csv.DictReader(f):
             value = (r["kind"], r["target"], float(r["fraction"]), float(r["missing"]), int(r["experts"]))
             numbers = tuple(float(r[k]) for k in STATISTICS)
-            # a shared cell repeats its source's numbers (written without a source column before there was one)
-            if r.get("source") == "shared" or (r["arm"] in NOISE_FREE and (r["arm"], value[-1], numbers) in seen):
+            # a shared cell repeats its source's numbers (written without a shared column before there was one)
+            if r.get("shared") == "True" or (r["arm"] in NOISE_FREE and (r["arm"], value[-1], numbers) in seen):
                 continue
             seen.add((r["arm"], value[-1], numbers))
             cells[r["arm"], value] = {"arm": r["arm"], **dict(zip(AXES, value)), "n": int(r["n"]),
-                                      **dict(zip(STATISTICS, numbers)), "source": "earlier"}
+                                      **dict(zip(STATISTICS, numbers)), "source": "earlier", "shared": False}
     return cells
 
 
@@ -133,14 +133,14 @@ def merge(measured: dict, earlier: dict) -> dict[tuple[str, tuple], dict]:
         for arm in NOISE_FREE:
             base = (*default[:-1], value[-1])  # the default noise, this many experts
             if (arm, value) not in cells and (arm, base) in cells:
-                cells[arm, value] = {**cells[arm, base], **dict(zip(AXES, value)), "source": "shared"}
+                cells[arm, value] = {**cells[arm, base], **dict(zip(AXES, value)), "shared": True}
     return cells
 
 
 def summarise(cells: dict[tuple[str, tuple], dict]) -> tuple[list[dict], list[tuple], list[str], dict, tuple]:
     """Summary entries (arm, regime, n, test/val Dice mean ± std, gap closed), the regimes in order
     (default first), the arms in order, the recipes chosen on validation (:func:`choose`) and the default."""
-    default = default_regime([c for c in cells.values() if c["source"] != "shared"])
+    default = default_regime([c for c in cells.values() if not c["shared"]])
     regimes = sorted({v for _, v in cells}, key=lambda v: (v != default, regime_name(v, default)))
     arms = ordered((a for a, _ in cells), ORDER)
     summary = []
@@ -154,7 +154,7 @@ def summarise(cells: dict[tuple[str, tuple], dict]) -> tuple[list[dict], list[tu
             cell = cells[arm, value]
             summary.append({
                 "arm": arm, "regime": regime_name(value, default), **dict(zip(AXES, value)), "n": cell["n"],
-                **{k: cell[k] for k in STATISTICS}, "source": cell["source"],
+                **{k: cell[k] for k in STATISTICS}, "source": cell["source"], "shared": cell["shared"],
                 "gap_closed": (cell["test_dice_mean"] - better) / room if room and room > 0 else None,
             })
     return summary, regimes, arms, choose(summary, arms), default
@@ -213,7 +213,7 @@ def markdown(summary: list[dict], regimes: list[tuple], arms: list[str], chosen:
 
 def _earlier_note(summary: list[dict]) -> str:
     kept = sorted({s["arm"] for s in summary if s["source"] == "earlier"})
-    return (f"{EARLIER.strip()} kept from an earlier aggregation's summary.csv (their runs are not in runs/): "
+    return (f" {EARLIER.strip()} kept from an earlier aggregation's summary.csv (their runs are not in runs/): "
             f"{', '.join(kept)}." if kept else "")
 
 
