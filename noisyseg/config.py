@@ -36,7 +36,7 @@ def compose(*overrides: str, name: str = "train") -> DictConfig:
     Raises:
         ConfigError: an override names an unknown key (the message lists the valid ones), a missing group
             option (Hydra's message lists the options), or is malformed. Values are not validated here:
-            :func:`noisyseg.schema.validate` does that, and every builder of a run calls it.
+            :func:`noisyseg.schema.validate` does that; ``train()`` and ``build_run()`` call it.
     """
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
