@@ -40,6 +40,7 @@ CONTROLS, ORACLE, NOISE_FREE = ("clean", "balanced"), "oracle", ("clean", "oracl
 # ablations that isolate one factor of a recipe (docs/benchmark.md): shown in the tables, never chosen
 ABLATIONS = ("balanced_w05", "balanced_full", "balanced_down", "meta_mwn_mean_frozen")
 AXES = ("kind", "target", "fraction", "missing", "experts")
+AXIS_TYPES = {"kind": str, "target": str, "fraction": float, "missing": float, "experts": int}  # as collect() reads them
 STATISTICS = ("realised_dice", "test_dice_mean", "test_dice_std", "val_dice_mean", "val_dice_std")
 
 
@@ -109,7 +110,7 @@ def earlier_cells(path: Path) -> dict[tuple[str, tuple], dict]:
     cells, seen = {}, set()
     with open(path, newline="") as f:
         for r in csv.DictReader(f):
-            value = (r["kind"], r["target"], float(r["fraction"]), float(r["missing"]), int(r["experts"]))
+            value = tuple(AXIS_TYPES[axis](r[axis]) for axis in AXES)
             numbers = tuple(float(r[k]) for k in STATISTICS)
             # a shared cell repeats its source's numbers (written without a shared column before there was one)
             if r.get("shared") == "True" or (r["arm"] in NOISE_FREE and (r["arm"], value[-1], numbers) in seen):
