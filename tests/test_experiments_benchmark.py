@@ -171,6 +171,11 @@ def test_a_new_machine_extends_the_tables_instead_of_emptying_them(tmp_path, cap
     assert "† kept from an earlier aggregation's summary.csv (their runs are not in runs/): balanced, clean, meta, oracle." in table
     aggregate.main([str(tmp_path)])  # idempotent: the shared and kept cells are read back as they were
     assert {(r["arm"], r["regime"]): r for r in csv.DictReader(open(tmp_path / "summary.csv"))} == rows
+    damaged = (tmp_path / "summary.csv").read_text().replace(",3,", ",three,", 1)
+    (tmp_path / "summary.csv").write_text(damaged)
+    with pytest.raises(SystemExit, match=r"summary.csv, line 2: not a summary this script wrote .*--fresh"):
+        aggregate.main([str(tmp_path)])
+    assert (tmp_path / "summary.csv").read_text() == damaged  # nothing rewritten
     aggregate.main([str(tmp_path), "--fresh"])  # the runs alone: one seed of balanced, no oracle, no gap shares
     rows = {(r["arm"], r["regime"]): r for r in csv.DictReader(open(tmp_path / "summary.csv"))}
     assert set(rows) == {("balanced", "default"), ("meta", "default")} and rows["balanced", "default"]["n"] == "1"

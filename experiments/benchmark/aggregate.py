@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import sys
 from collections import Counter, defaultdict
 from pathlib import Path
 
@@ -109,14 +110,19 @@ def earlier_cells(path: Path) -> dict[tuple[str, tuple], dict]:
         return {}
     cells, seen = {}, set()
     with open(path, newline="") as f:
-        for r in csv.DictReader(f):
-            value = tuple(AXIS_TYPES[axis](r[axis]) for axis in AXES)
-            numbers = tuple(float(r[k]) for k in STATISTICS)
+        for line, r in enumerate(csv.DictReader(f), start=2):
+            try:
+                value = tuple(AXIS_TYPES[axis](r[axis]) for axis in AXES)
+                numbers = tuple(float(r[k]) for k in STATISTICS)
+                n = int(r["n"])
+            except (KeyError, TypeError, ValueError) as err:
+                sys.exit(f"error: {path}, line {line}: not a summary this script wrote ({err!r}); "
+                         "--fresh aggregates the runs alone and rewrites it")
             # a shared cell repeats its source's numbers (written without a shared column before there was one)
             if r.get("shared") == "True" or (r["arm"] in NOISE_FREE and (r["arm"], value[-1], numbers) in seen):
                 continue
             seen.add((r["arm"], value[-1], numbers))
-            cells[r["arm"], value] = {"arm": r["arm"], **dict(zip(AXES, value)), "n": int(r["n"]),
+            cells[r["arm"], value] = {"arm": r["arm"], **dict(zip(AXES, value)), "n": n,
                                       **dict(zip(STATISTICS, numbers)), "source": "earlier", "shared": False}
     return cells
 
