@@ -39,3 +39,30 @@ def test_plateau_probe_names_a_bad_override_without_a_traceback(tmp_path, capsys
     with pytest.raises(SystemExit) as exit_:
         load("plateau_probe").main(["--out", str(tmp_path), "arm=meta", "trainer.epoch=3"])
     assert exit_.value.code == 2 and "did you mean trainer.epochs?" in capsys.readouterr().err
+
+
+def test_outline_probe_partitions_the_pixels_and_reads_a_learned_weighting(tmp_path):
+    from noisyseg.config import compose
+    from noisyseg.train import train
+
+    probe = load("outline_probe")
+    run = tmp_path / "run"
+    train(compose("arm=meta_mwn_mean", "noise=coarse", "noise.level=0.5", *TINY[:3]), run)
+    rows = probe.probe_run(run, reach=3, count=8)
+    assert [(r["side"], r["bin"]) for r in rows] == [(side, b) for side in ("lesion", "skin") for b in ("0", "1", "2", "3+")]
+    assert sum(r["pixels"] for r in rows) == pytest.approx(1) and sum(r["errors"] for r in rows) == pytest.approx(1)
+    for r in rows:  # every weight column is there; the wrong-label ones are nan where a bin has no wrong label
+        assert 0 <= r["wrong_share"] <= 1 and r["weight_right"] > 0
+        assert 0 <= r["weighted_wrong_share"] <= 1 or r["wrong_share"] == 0
+    plain = tmp_path / "plain"
+    train(compose("arm=balanced", "noise=coarse", "noise.level=0.5", *TINY[:3]), plain)
+    assert [set(r) for r in probe.probe_run(plain, reach=3, count=8)] == [{"run", "side", "bin", "pixels", "errors", "error_rate"}] * 8
+
+
+def test_outline_probe_regions_cover_every_pixel_once():
+    from noisyseg.meta.weightnet import outline_distance
+
+    truth = (torch.rand(3, 1, 12, 12) > 0.6).float()
+    regions = list(load("outline_probe").regions(truth, outline_distance(truth, 4), 4))
+    assert len(regions) == 2 * len(load("outline_probe").bins(4))
+    assert torch.equal(sum(mask.int() for *_, mask in regions), torch.ones_like(truth, dtype=torch.int))
