@@ -19,11 +19,10 @@ from pathlib import Path
 
 ARMS = ("clean", "pooled", "balanced", "meta", "adele_balanced", "mtcl", "coteach_balanced", "oracle")
 NOISE_FREE = ("clean", "oracle")
-# candidates for arm=meta_best (docs/methods.md): run at the default point by default, and on any slice
-# when --arms names them
-META_VARIANTS = ("meta_clean", "meta_sign", "meta_cosine", "meta_centered", "meta_class", "meta_mwn", "meta_boot",
-                 "meta_allclean", "meta_sign_pure", "meta_sign_class", "meta_sign_boot", "meta_sign_allclean", "meta_memory", "meta_mwn_correct", "meta_mwn_mean",
-                 "meta_mwn_boundary")
+# candidates for arm=meta_best (docs/methods.md): every meta variant in conf/arm but that alias itself; run at
+# the default point by default, and on any slice when --arms names them
+ARM_CONFIGS = Path(__file__).resolve().parents[2] / "conf" / "arm"
+META_VARIANTS = tuple(sorted(path.stem for path in ARM_CONFIGS.glob("meta_*.yaml") if path.stem != "meta_best"))
 SLICES: dict[str, list[list[str]]] = {  # one axis at a time around the preset's default point
     "default": [[]],
     "level": [["noise.target_dice=realistic"], ["noise.target_dice=severe"]],
