@@ -66,3 +66,10 @@ def test_outline_probe_regions_cover_every_pixel_once():
     regions = list(load("outline_probe").regions(truth, outline_distance(truth, 4), 4))
     assert len(regions) == 2 * len(load("outline_probe").bins(4))
     assert torch.equal(sum(mask.int() for *_, mask in regions), torch.ones_like(truth, dtype=torch.int))
+
+
+def test_outline_probe_names_a_folder_that_is_not_a_run(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        load("outline_probe").main([str(tmp_path), "--out", str(tmp_path / "rows.csv")])
+    assert exit_.value.code == 2 and f"{tmp_path / 'last.pt'}: checkpoint not found" in capsys.readouterr().err
+    assert not (tmp_path / "rows.csv").exists()

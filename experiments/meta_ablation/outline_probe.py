@@ -31,6 +31,7 @@ from omegaconf import OmegaConf
 from noisyseg.build import build_data, build_run_method
 from noisyseg.checkpoint import load_checkpoint
 from noisyseg.data.dataset import to_tensor
+from noisyseg.errors import NoisysegError
 from noisyseg.meta.weightnet import outline_distance
 from noisyseg.predict import load_predictor
 
@@ -115,7 +116,10 @@ def main(argv: list[str] | None = None) -> None:
     warnings.filterwarnings("ignore", category=DeprecationWarning)
     every = []
     for run in args.runs:
-        rows = probe_run(run, args.reach, args.images)
+        try:
+            rows = probe_run(run, args.reach, args.images)
+        except NoisysegError as err:  # a folder that is not a finished run: named, no traceback, no CSV
+            parser.error(str(err))
         every += rows
         print(f"\n{run}\nside distance | pixels | errors err-rate | wrong-share weighted | weight(right) weight(wrong)")
         for r in rows:
